@@ -1,0 +1,1 @@
+"""rayspace serve package."""

@@ -1,0 +1,51 @@
+"""Shared fixtures.
+
+Tiers (see pyproject's markers): unmarked tests are fast unit tests with no Ray and
+no network; ``integration`` tests share one real local Ray started in-process by
+the ``ray_local`` session fixture; ``k8s`` tests need a real cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """One real local Ray for the whole integration session (each start costs seconds).
+
+    ``address="local"`` always starts a new cluster, so a stale session file in
+    Ray's temp dir is never joined. Four logical CPUs on a 2-core machine let a
+    Tune trial's driver and its training workers coexist.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    ray.init(
+        address="local",
+        num_cpus=4,
+        include_dashboard=False,
+        logging_level="WARNING",
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}},
+    )
+    try:
+        yield ray
+    finally:
+        try:
+            from ray import serve
+
+            serve.shutdown()
+        except Exception:  # noqa: BLE001 - best-effort teardown; Serve may never have started
+            pass
+        ray.shutdown()

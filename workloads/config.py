@@ -1,0 +1,403 @@
+"""The typed workspace configuration.
+
+One :class:`WorkspaceConfig` holds every setting, grouped by concern (``data``,
+``train``, ``tune``, ``registry``, ``serve``, ``cluster``). Defaults are built in;
+a YAML file (``--config rayspace.yaml``) and ``--set section.field=value``
+overrides are layered on top. Every invalid value fails here, before Ray starts,
+with a message naming the field, the value and the rule::
+
+    Got -0.1 for train.lr: must be greater than 0
+
+The models use ``extra="forbid"`` so a typo in a key is an error, not a silently
+ignored setting.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from workloads.exceptions import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable naming a default config file (used by job entrypoints).
+CONFIG_ENV = "RAYSPACE_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class DataConfig(_Section):
+    """Where the lake lives and how it is split."""
+
+    lake: str = Field("./lake", min_length=1, description="Lake root: a local dir or any pyarrow/fsspec URI.")
+    source: str | None = Field(
+        None, description="CSV/Parquet file or folder to ingest; None ingests the built-in WDBC dataset."
+    )
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="Share of patients in the validation split.")
+    test_fraction: float = Field(0.15, gt=0, lt=1, description="Share of patients in the test split.")
+    split_salt: str = Field("rayspace-v1", min_length=1, description="Salt of the patient-id hash that splits.")
+    missing: Literal["drop", "flag"] = Field(
+        "drop", description="Rows with missing values: drop them, or keep them imputed with a flag column."
+    )
+    synth_chunk_rows: int = Field(100_000, ge=1_000, description="Rows per chunk when writing a synthetic cohort.")
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> "DataConfig":
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:.3f}: "
+                "must be < 0.9 so the training split keeps at least 10% of patients"
+            )
+        return self
+
+
+# -------------------------------------------------------------------------- train
+
+
+class TrainConfig(_Section):
+    """Data-parallel PyTorch training with Ray Train."""
+
+    num_workers: int | None = Field(
+        None, ge=1, description="Ray Train workers; None means what the local CPUs allow (at most 2)."
+    )
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each training worker reserves.")
+    use_gpu: bool = Field(False, description="Give each worker one GPU.")
+    epochs: int = Field(40, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=65_536, description="Per-worker batch size.")
+    lr: float = Field(3e-3, gt=0, le=10)
+    weight_decay: float = Field(1e-4, ge=0, le=1)
+    hidden: int = Field(64, ge=1, le=8192, description="Width of each hidden layer.")
+    depth: int = Field(2, ge=1, le=16, description="Number of hidden layers.")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    seed: int = Field(0, ge=0)
+    storage_path: str = Field("./results", min_length=1, description="Checkpoints and results: local dir or URI.")
+    name: str = Field("wdbc-mlp", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name under storage_path.")
+    max_failures: int = Field(2, ge=-1, description="Worker-group restarts from the latest checkpoint (-1: forever).")
+    checkpoints_to_keep: int = Field(2, ge=1)
+    checkpoint_metric: str = Field("val_roc_auc", description="Metric that ranks checkpoints.")
+    checkpoint_mode: Literal["max", "min"] = "max"
+    # Test hook: a worker raises once at this epoch so resume-from-checkpoint can be exercised.
+    fail_at_epoch: int | None = Field(None, ge=1, description="Testing only: inject one worker failure at this epoch.")
+
+
+# --------------------------------------------------------------------------- tune
+
+
+class LogUniform(_Section):
+    kind: Literal["loguniform"]
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LogUniform":
+        if self.low >= self.high:
+            raise ValueError(f"low={self.low} must be < high={self.high}")
+        return self
+
+
+class Uniform(_Section):
+    kind: Literal["uniform"]
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Uniform":
+        if self.low >= self.high:
+            raise ValueError(f"low={self.low} must be < high={self.high}")
+        return self
+
+
+class RandInt(_Section):
+    kind: Literal["randint"]
+    low: int
+    high: int
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "RandInt":
+        if self.low >= self.high:
+            raise ValueError(f"low={self.low} must be < high={self.high} (high is exclusive)")
+        return self
+
+
+class Choice(_Section):
+    kind: Literal["choice"]
+    values: list[Any] = Field(min_length=1)
+
+
+ParamSpec = Annotated[Union[LogUniform, Uniform, RandInt, Choice], Field(discriminator="kind")]
+
+#: Train fields a sweep may search over.
+TUNABLE_FIELDS = ("lr", "weight_decay", "hidden", "depth", "dropout", "batch_size", "epochs")
+
+
+def _default_search_space() -> dict[str, Any]:
+    return {
+        "lr": LogUniform(kind="loguniform", low=1e-4, high=3e-2),
+        "weight_decay": LogUniform(kind="loguniform", low=1e-6, high=1e-2),
+        "hidden": Choice(kind="choice", values=[16, 32, 64, 128]),
+        "depth": Choice(kind="choice", values=[1, 2, 3]),
+        "dropout": Uniform(kind="uniform", low=0.0, high=0.4),
+        "batch_size": Choice(kind="choice", values=[16, 32, 64]),
+    }
+
+
+class TuneConfig(_Section):
+    """A Ray Tune sweep over the training."""
+
+    num_samples: int = Field(8, ge=1, le=10_000)
+    max_concurrent_trials: int | None = Field(None, ge=1, description="None: what the cluster's CPUs allow.")
+    workers_per_trial: int = Field(1, ge=1, description="Ray Train workers of each trial.")
+    time_budget_s: float | None = Field(900, gt=0, description="Stop starting trials after this many seconds.")
+    metric: str = Field("val_roc_auc", description="Validation metric the scheduler and selection use.")
+    mode: Literal["max", "min"] = "max"
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(3, ge=1, description="ASHA: epochs every trial gets before it may be stopped.")
+    reduction_factor: float = Field(2, gt=1)
+    seed: int = Field(0, ge=0)
+    storage_path: str = Field("./results", min_length=1)
+    name: str = Field("wdbc-sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    search_space: dict[str, ParamSpec] = Field(default_factory=_default_search_space)
+
+    @field_validator("search_space")
+    @classmethod
+    def _known_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(TUNABLE_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown parameters {unknown}: must be among {list(TUNABLE_FIELDS)}")
+        return v
+
+
+# ----------------------------------------------------------------------- registry
+
+
+class RegistryConfig(_Section):
+    """The model registry that promotion writes and Serve reads."""
+
+    path: str = Field("./models", min_length=1, description="Registry root: a local dir or URI.")
+    model_name: str = Field("wdbc", pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", max_length=63)
+    gate_metric: str = Field("test_roc_auc", description="Metric the promotion gate compares.")
+    gate_mode: Literal["max", "min"] = "max"
+    gate_tolerance: float = Field(0.0, ge=0, description="How much worse than current a new version may be.")
+
+
+# -------------------------------------------------------------------------- serve
+
+
+class ServeConfig(_Section):
+    """The Ray Serve application."""
+
+    host: str = Field("127.0.0.1", description="Address the HTTP proxy binds; 0.0.0.0 only inside a pod.")
+    port: int = Field(8000, ge=1, le=65535)
+    route_prefix: str = Field("/", pattern=r"^/")
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(16, gt=0)
+    max_ongoing_requests: int = Field(64, ge=1)
+    replica_cpus: float = Field(0.5, gt=0)
+    max_batch_size: int = Field(64, ge=1, le=4096)
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
+    max_instances: int = Field(1024, ge=1, description="Largest batch one request may carry.")
+    reload_poll_s: float = Field(5.0, ge=0, description="Poll `current` this often; 0 disables polling.")
+
+    @model_validator(mode="after")
+    def _replicas_ordered(self) -> "ServeConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas={self.min_replicas} must be <= max_replicas={self.max_replicas}")
+        return self
+
+
+# ------------------------------------------------------------------------ cluster
+
+
+class ClusterConfig(_Section):
+    """Which KubeRay objects the client manages."""
+
+    name: str = Field("rayspace", pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=47)
+    namespace: str | None = Field(None, description="None: from the kubeconfig context or in-cluster config.")
+    overlay: str = Field("dev", min_length=1)
+    image: str | None = Field(None, description="Override the Ray image (default: the pinned one in cluster/base).")
+    context: str | None = Field(None, description="kubeconfig context; None: the current one.")
+
+
+# ---------------------------------------------------------------------- workspace
+
+
+class WorkspaceConfig(_Section):
+    """Every setting of the workspace."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+
+#: A configuration small enough that the whole pipeline runs in well under a minute after Ray starts.
+SMOKE_OVERRIDES: dict[str, Any] = {
+    "train.epochs": 3,
+    "train.hidden": 16,
+    "train.depth": 1,
+    "train.num_workers": 1,
+    "tune.num_samples": 2,
+    "tune.grace_period": 1,
+    "tune.max_concurrent_trials": 2,
+    "tune.search_space": {
+        "lr": {"kind": "loguniform", "low": 1e-3, "high": 1e-2},
+        "epochs": {"kind": "choice", "values": [2]},
+    },
+    "serve.max_replicas": 1,
+    "serve.reload_poll_s": 0,
+}
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _rule(err: dict[str, Any]) -> str:
+    msg = str(err.get("msg", "invalid"))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    if msg.startswith("Input should be"):
+        msg = "must be" + msg[len("Input should be"):]
+    elif msg.startswith("Extra inputs are not permitted"):
+        msg = "unknown field (not a setting of this section; check the spelling)"
+    return msg[:1].lower() + msg[1:]
+
+
+def config_error_from(exc: ValidationError, prefix: str = "") -> ConfigError:
+    """Turn a pydantic ``ValidationError`` into a :class:`ConfigError` naming field, value and rule."""
+    problems: list[tuple[str, Any, str]] = []
+    lines = []
+    for err in exc.errors():
+        # Drop the discriminator tag pydantic adds for tagged unions, e.g. ("search_space", "lr", "loguniform", "low").
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("loguniform", "uniform", "randint", "choice")]
+        field = ".".join(([prefix] if prefix else []) + loc) or "config"
+        value = err.get("input")
+        rule = _rule(err)
+        problems.append((field, value, rule))
+        if isinstance(value, dict) and err.get("type") in ("value_error", "assertion_error"):
+            lines.append(f"Invalid {field}: {rule}")
+        else:
+            lines.append(f"Got {_describe(value)} for {field}: {rule}")
+    return ConfigError("\n".join(lines), problems)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError(f'Got "{dotted}" for an override key: must be section.field, e.g. train.lr', [])
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``section.field=value`` override; the value is read as YAML (so ``1e-3``, ``true``, ``[1, 2]`` work)."""
+    if "=" not in text:
+        raise ConfigError(f'Got "{text}" for --set: must be section.field=value, e.g. train.lr=0.001', [])
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f'Got "{raw}" for {key.strip()}: not a valid YAML value ({e})', []) from e
+    # YAML 1.1 reads "1e-3" as a string; numbers are what people mean here.
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+) -> WorkspaceConfig:
+    """Build the workspace config from defaults, an optional YAML file and overrides.
+
+    Args:
+        path: YAML file whose top-level keys are sections (``data``, ``train``, ...).
+            ``None`` also looks at the ``RAYSPACE_CONFIG`` environment variable.
+        overrides: ``{"train.lr": 0.01}`` or ``["train.lr=0.01"]``; applied after the file.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: The file is missing or not YAML, or any value breaks a rule.
+    """
+    tree: dict[str, Any] = {}
+    path = path or os.environ.get(CONFIG_ENV) or None
+    if path is not None:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f'Got "{path}" for --config: cannot read it ({e.strerror})', []) from e
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f'Got "{path}" for --config: not valid YAML ({e})', []) from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"Got {_describe(loaded)} for the top level of {path}: must be a mapping of sections "
+                "(data, train, tune, registry, serve, cluster)",
+                [],
+            )
+        tree = loaded
+    items: list[tuple[str, Any]]
+    if overrides is None:
+        items = []
+    elif isinstance(overrides, dict):
+        items = list(overrides.items())
+    else:
+        items = [parse_override(o) for o in overrides]
+    for key, value in items:
+        _set_dotted(tree, key, value)
+    try:
+        return WorkspaceConfig.model_validate(tree)
+    except ValidationError as e:
+        raise config_error_from(e) from None
+
+
+def with_overrides(cfg: WorkspaceConfig, overrides: dict[str, Any]) -> WorkspaceConfig:
+    """Return a copy of ``cfg`` with dotted overrides applied and re-validated."""
+    tree = cfg.model_dump(mode="python")
+    for key, value in overrides.items():
+        _set_dotted(tree, key, value)
+    try:
+        return WorkspaceConfig.model_validate(tree)
+    except ValidationError as e:
+        raise config_error_from(e) from None
+
+
+def dump_config(cfg: WorkspaceConfig) -> str:
+    """Render a config as YAML (the inverse of :func:`load_config`)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
