@@ -5,8 +5,9 @@ A checkpoint is a directory (local, or fetched from storage by Ray) with:
 * ``model.pt`` -- the MLP's ``state_dict``;
 * ``preprocessor.json`` -- feature names in schema order and the standardization
   (mean, scale) fitted on the training split;
+* ``train_state.pt`` (optional) -- optimizer state, to resume training;
 * ``model.json`` -- architecture, the training config, epoch, validation metrics,
-  and the SHA-256 of the two files above. It is written last, so a directory
+  the metric history, and the SHA-256 of the files above. It is written last, so a directory
   without it, or whose hashes disagree, is an incomplete checkpoint and is
   refused by :func:`load_checkpoint`.
 
@@ -33,6 +34,7 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.pt"
 PREPROCESSOR_FILE = "preprocessor.json"
 META_FILE = "model.json"
+TRAIN_STATE_FILE = "train_state.pt"
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ def save_checkpoint(
     epoch: int,
     metrics: dict[str, float],
     extra: dict[str, Any] | None = None,
+    train_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint directory (``model.json`` last, so partial writes are detectable).
 
@@ -120,7 +123,8 @@ def save_checkpoint(
         train_config: The ``train`` section used.
         epoch: Epoch just finished (1-based).
         metrics: Validation metrics of that epoch.
-        extra: More metadata (e.g. the lake manifest hash).
+        extra: More metadata (e.g. the lake manifest hash, the metric history).
+        train_state: Optimizer state etc. needed only to resume training (``train_state.pt``).
     """
     import torch
 
@@ -128,13 +132,19 @@ def save_checkpoint(
     d.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), d / WEIGHTS_FILE)
     (d / PREPROCESSOR_FILE).write_text(json.dumps(standardizer.to_dict(), indent=1))
+    resume_sha = {}
+    if train_state is not None:
+        torch.save(train_state, d / TRAIN_STATE_FILE)
+        resume_sha[TRAIN_STATE_FILE] = _sha256(d / TRAIN_STATE_FILE)
     meta = {
         "format_version": FORMAT_VERSION,
         "arch": arch,
         "train_config": train_config,
         "epoch": epoch,
         "metrics": metrics,
-        "sha256": {WEIGHTS_FILE: _sha256(d / WEIGHTS_FILE), PREPROCESSOR_FILE: _sha256(d / PREPROCESSOR_FILE)},
+        "sha256": {name: _sha256(d / name) for name in (WEIGHTS_FILE, PREPROCESSOR_FILE)},
+        # Kept apart from "sha256": copies made for serving may leave the resume state out.
+        "resume_sha256": resume_sha,
         **(extra or {}),
     }
     tmp = d / (META_FILE + ".tmp")
@@ -183,6 +193,20 @@ def read_checkpoint_meta(directory: str | os.PathLike[str]) -> dict[str, Any]:
         if _sha256(f) != digest:
             raise CheckpointError(f"{f}: content does not match the hash in {META_FILE} (corrupt or half-written)")
     return meta
+
+
+def load_train_state(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The optimizer state saved with a checkpoint, or ``None`` if it has none."""
+    import torch
+
+    d = Path(directory)
+    f = d / TRAIN_STATE_FILE
+    if not f.is_file():
+        return None
+    expected = read_checkpoint_meta(d).get("resume_sha256", {}).get(TRAIN_STATE_FILE)
+    if expected is not None and _sha256(f) != expected:
+        raise CheckpointError(f"{f}: content does not match the hash in {META_FILE} (corrupt or half-written)")
+    return torch.load(f, map_location="cpu", weights_only=True)
 
 
 def load_checkpoint(directory: str | os.PathLike[str]) -> LoadedModel:
