@@ -1,0 +1,629 @@
+"""The model registry: immutable model versions and an atomically switched ``current`` pointer.
+
+Layout under the registry root (a local directory, ``file://`` path, or any fsspec URI)::
+
+    <root>/<name>/v1/            model.pt, preprocessor.json, model.json, model_card.json
+    <root>/<name>/v2/            ...
+    <root>/<name>/current        {"version": "v2", "switched_at": "..."}
+
+A version directory is never modified after it is written. It is assembled in a
+hidden temporary directory next to its final place and renamed into place in one
+step; ``model_card.json`` is written last inside it, so a version without a card
+is incomplete and is ignored by readers. ``current`` is a small JSON file replaced
+atomically (temp file + ``os.replace``), so a reader sees either the old or the new
+version, never a mix.
+
+Atomicity on URIs: on object stores (S3, GCS) a single-object PUT is atomic, so
+``current`` switches atomically there too; a version "directory" is uploaded
+object by object, which is why the card is written last and readers skip versions
+without a card. Renaming a version into place is a copy there, not atomic.
+
+Promotion (:func:`promote`) is pure: it takes the checkpoint path and the test
+metrics it was evaluated with and never starts Ray, so it is unit-testable.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workloads.exceptions import CheckpointError, ModelNotFoundError, RegistryError
+from workloads.model import META_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE, read_checkpoint_meta
+
+logger = logging.getLogger(__name__)
+
+CARD_FILE = "model_card.json"
+CURRENT_FILE = "current"
+#: Files copied from a checkpoint into a version, besides the card.
+VERSION_FILES = (WEIGHTS_FILE, PREPROCESSOR_FILE, META_FILE)
+_VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_TMP_PREFIX = ".tmp-"
+
+
+def _utcnow() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _package_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def _strip_file_scheme(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def _version_number(version: str) -> int:
+    m = _VERSION_RE.match(version)
+    if not m:
+        raise ModelNotFoundError(f'Got "{version}" for a model version: must look like v1, v2, ...')
+    return int(m.group(1))
+
+
+def _check_name(name: str) -> None:
+    if not _NAME_RE.match(name) or len(name) > 63:
+        raise RegistryError(
+            f'Got "{name}" for a model name: must be lowercase letters, digits and "-" '
+            "(a DNS label, at most 63 characters)"
+        )
+
+
+# ------------------------------------------------------------------------ storage
+
+
+class _LocalStore:
+    """Registry storage on a local (or mounted) filesystem; renames are atomic."""
+
+    def __init__(self, root: str):
+        self.root = Path(_strip_file_scheme(root)).expanduser()
+
+    def model_dir(self, name: str) -> Path:
+        return self.root / name
+
+    def list_dirs(self, name: str) -> list[str]:
+        d = self.model_dir(name)
+        if not d.is_dir():
+            return []
+        return [p.name for p in d.iterdir() if p.is_dir()]
+
+    def list_models(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def read_text(self, name: str, rel: str) -> str | None:
+        p = self.model_dir(name) / rel
+        try:
+            return p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise RegistryError(f"{p}: cannot read ({e.strerror})") from e
+
+    def write_text_atomic(self, name: str, rel: str, text: str) -> None:
+        target = self.model_dir(name) / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f"{_TMP_PREFIX}{target.name}-{uuid.uuid4().hex}"
+        try:
+            with tmp.open("w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise RegistryError(f"{target}: cannot write ({e.strerror})") from e
+
+    def publish_dir(self, name: str, version: str, build: Callable[[Path], None]) -> str:
+        """Build a version in a temp dir beside its final place, then rename it into place."""
+        parent = self.model_dir(name)
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX + version + "-", dir=parent))
+        target = parent / version
+        try:
+            build(tmp)
+            if target.exists():
+                raise FileExistsError(str(target))
+            # rename(2) of a directory is atomic; it fails if the target exists and is not empty.
+            os.rename(tmp, target)
+        except FileExistsError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if e.errno in (39, 17):  # ENOTEMPTY, EEXIST: another promoter took this version
+                raise FileExistsError(str(target)) from e
+            raise RegistryError(f"{target}: cannot write the version ({e.strerror})") from e
+        except BaseException:
+            # Interrupted (or failed) build: leave nothing half-written behind.
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return str(target)
+
+    def local_path(self, name: str, version: str) -> Path:
+        return self.model_dir(name) / version
+
+
+class _FsspecStore:
+    """Registry storage on any fsspec filesystem (S3, GCS, memory, ...).
+
+    Single-object writes (``current``) are atomic on object stores; a version is
+    uploaded file by file with its card last, so readers skip incomplete versions.
+    """
+
+    def __init__(self, root: str, cache_dir: str | None = None):
+        import fsspec
+
+        self.fs, self.root = fsspec.core.url_to_fs(root)
+        self.protocol = root.split("://", 1)[0]
+        self.cache_dir = Path(cache_dir or Path(tempfile.gettempdir()) / "rayspace-registry-cache")
+
+    def _join(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def model_dir(self, name: str) -> str:
+        return self._join(name)
+
+    def list_dirs(self, name: str) -> list[str]:
+        d = self.model_dir(name)
+        try:
+            entries = self.fs.ls(d, detail=True)
+        except FileNotFoundError:
+            return []
+        return [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"]
+
+    def list_models(self) -> list[str]:
+        try:
+            entries = self.fs.ls(self.root, detail=True)
+        except FileNotFoundError:
+            return []
+        names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"]
+        return sorted(n for n in names if not n.startswith("."))
+
+    def read_text(self, name: str, rel: str) -> str | None:
+        p = self._join(name, rel)
+        try:
+            return self.fs.cat_file(p).decode("utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise RegistryError(f"{self.protocol}://{p}: cannot read ({e})") from e
+
+    def write_text_atomic(self, name: str, rel: str, text: str) -> None:
+        p = self._join(name, rel)
+        try:
+            self.fs.pipe_file(p, text.encode("utf-8"))
+        except OSError as e:
+            raise RegistryError(f"{self.protocol}://{p}: cannot write ({e})") from e
+
+    def publish_dir(self, name: str, version: str, build: Callable[[Path], None]) -> str:
+        target = self._join(name, version)
+        if self.fs.exists(self._join(name, version, CARD_FILE)):
+            raise FileExistsError(target)
+        with tempfile.TemporaryDirectory(prefix="rayspace-version-") as staging:
+            build(Path(staging))
+            try:
+                # The card goes last so that a reader never trusts a partly uploaded version.
+                files = sorted(Path(staging).iterdir(), key=lambda p: p.name == CARD_FILE)
+                for f in files:
+                    self.fs.put_file(str(f), f"{target}/{f.name}")
+            except OSError as e:
+                raise RegistryError(f"{self.protocol}://{target}: upload failed ({e})") from e
+        return f"{self.protocol}://{target}"
+
+    def local_path(self, name: str, version: str) -> Path:
+        """Download a version (immutable, so cached forever) and return the local copy."""
+        dest = self.cache_dir / self.protocol / self.root.strip("/") / name / version
+        if (dest / CARD_FILE).is_file():
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=dest.parent))
+        try:
+            for fname in (*VERSION_FILES, CARD_FILE):
+                self.fs.get_file(self._join(name, version, fname), str(tmp / fname))
+            if dest.exists():  # another process downloaded it meanwhile; versions are immutable
+                shutil.rmtree(tmp)
+            else:
+                os.replace(tmp, dest)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise RegistryError(f"{self.protocol}://{self._join(name, version)}: download failed ({e})") from e
+        return dest
+
+
+# ----------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One complete, immutable version of a model.
+
+    Attributes:
+        name: Model name.
+        version: ``v1``, ``v2``, ...
+        uri: Where the version lives in the registry.
+        card: The parsed ``model_card.json``.
+    """
+
+    name: str
+    version: str
+    uri: str
+    card: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """What the promotion gate decided and why."""
+
+    passed: bool
+    metric: str
+    mode: str
+    tolerance: float
+    new_value: float | None
+    current_value: float | None
+    current_version: str | None
+    forced: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    """Outcome of :func:`promote`.
+
+    Attributes:
+        name: Model name.
+        version: The version written for this checkpoint (always written, even when rejected).
+        uri: Where it lives.
+        promoted: Whether it is now ``current``.
+        previous: ``current`` before the promotion (``None`` if there was none).
+        current: ``current`` after the promotion.
+        gate: The gate's decision.
+    """
+
+    name: str
+    version: str
+    uri: str
+    promoted: bool
+    previous: str | None
+    current: str | None
+    gate: GateDecision
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ModelRegistry:
+    """Read and write model versions under one registry root.
+
+    Args:
+        root: Local directory, ``file://`` path, or fsspec URI.
+        cache_dir: Where remote versions are downloaded for loading (remote roots only).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, cache_dir: str | None = None):
+        root = os.fspath(root)
+        if not root:
+            raise RegistryError('Got "" for registry.path: must be a directory or URI')
+        self.root = root
+        self._store: _LocalStore | _FsspecStore = (
+            _FsspecStore(root, cache_dir) if _is_remote(root) else _LocalStore(root)
+        )
+
+    # -- reading ------------------------------------------------------------
+
+    def models(self) -> list[str]:
+        """Names of the models that have at least one directory in the registry."""
+        return self._store.list_models()
+
+    def versions(self, name: str) -> list[str]:
+        """Complete versions of ``name`` (those with a card), oldest first."""
+        _check_name(name)
+        found = []
+        for d in self._store.list_dirs(name):
+            if _VERSION_RE.match(d) and self._store.read_text(name, f"{d}/{CARD_FILE}") is not None:
+                found.append(d)
+        return sorted(found, key=_version_number)
+
+    def current(self, name: str) -> str | None:
+        """The version ``current`` points at, or ``None`` if nothing was promoted yet."""
+        _check_name(name)
+        text = self._store.read_text(name, CURRENT_FILE)
+        if text is None:
+            return None
+        try:
+            version = json.loads(text)["version"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise RegistryError(f"{self._where(name)}/{CURRENT_FILE}: not a valid pointer ({e})") from e
+        _version_number(version)
+        return version
+
+    def card(self, name: str, version: str = "current") -> dict[str, Any]:
+        """The model card of a version (``"current"`` resolves the pointer)."""
+        return self.get(name, version).card
+
+    def get(self, name: str, version: str = "current") -> ModelVersion:
+        """Resolve a version (``"current"`` follows the pointer).
+
+        Raises:
+            ModelNotFoundError: No such model, version, or no current version.
+        """
+        _check_name(name)
+        if version == "current":
+            resolved = self.current(name)
+            if resolved is None:
+                known = self.versions(name)
+                hint = f"versions: {', '.join(known)}" if known else "no versions yet; run `rayspace promote CHECKPOINT`"
+                raise ModelNotFoundError(f"model {name!r} in {self.root} has no current version ({hint})")
+            version = resolved
+        _version_number(version)
+        text = self._store.read_text(name, f"{version}/{CARD_FILE}")
+        if text is None:
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version!r} in {self.root} "
+                f"(versions: {', '.join(self.versions(name)) or 'none'})"
+            )
+        try:
+            card = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RegistryError(f"{self._where(name)}/{version}/{CARD_FILE}: not valid JSON ({e})") from e
+        return ModelVersion(name=name, version=version, uri=f"{self._where(name)}/{version}", card=card)
+
+    def local_path(self, name: str, version: str = "current") -> Path:
+        """A local directory holding the version's files (downloaded for remote registries)."""
+        mv = self.get(name, version)
+        return self._store.local_path(name, mv.version)
+
+    def _where(self, name: str) -> str:
+        return f"{self.root.rstrip('/')}/{name}"
+
+    # -- writing ------------------------------------------------------------
+
+    def add_version(self, name: str, checkpoint: str | os.PathLike[str], card: Mapping[str, Any]) -> ModelVersion:
+        """Copy a checkpoint into a new immutable version with the given card fields.
+
+        The version number is the next free one; if another writer takes it first,
+        the next one after that is used.
+
+        Raises:
+            CheckpointError: The checkpoint is incomplete or corrupt.
+            RegistryError: The registry cannot be written.
+        """
+        _check_name(name)
+        src = Path(checkpoint)
+        read_checkpoint_meta(src)  # verifies hashes: never publish a half-written checkpoint
+        for _attempt in range(20):
+            existing = [d for d in self._store.list_dirs(name) if _VERSION_RE.match(d)]
+            number = max((_version_number(d) for d in existing), default=0) + 1
+            version = f"v{number}"
+            full_card = {"name": name, "version": version, **card}
+
+            def build(tmp: Path) -> None:
+                for fname in VERSION_FILES:
+                    shutil.copy2(src / fname, tmp / fname)
+                # Re-verify the copy: the checkpoint could have changed while we read it.
+                read_checkpoint_meta(tmp)
+                with (tmp / CARD_FILE).open("w", encoding="utf-8") as f:
+                    json.dump(full_card, f, indent=1, default=str)
+                    f.flush()
+                    os.fsync(f.fileno())
+
+            try:
+                uri = self._store.publish_dir(name, version, build)
+            except FileExistsError:
+                logger.info("version %s of %s was taken concurrently; trying the next one", version, name)
+                continue
+            logger.info("wrote %s version %s at %s", name, version, uri)
+            return ModelVersion(name=name, version=version, uri=uri, card=full_card)
+        raise RegistryError(f"could not allocate a new version of {name!r} in {self.root} after 20 attempts")
+
+    def set_current(self, name: str, version: str) -> str | None:
+        """Point ``current`` at an existing version atomically; returns the previous one."""
+        self.get(name, version)  # must exist and be complete
+        previous = self.current(name)
+        pointer = json.dumps({"version": version, "switched_at": _utcnow()})
+        self._store.write_text_atomic(name, CURRENT_FILE, pointer + "\n")
+        logger.info("%s current: %s -> %s", name, previous, version)
+        return previous
+
+
+# -------------------------------------------------------------------------- gate
+
+
+def gate(
+    new_metrics: Mapping[str, Any],
+    current_card: Mapping[str, Any] | None,
+    *,
+    metric: str,
+    mode: str,
+    tolerance: float,
+    force: bool = False,
+    current_version: str | None = None,
+) -> GateDecision:
+    """Decide whether a version with ``new_metrics`` may replace the current one.
+
+    A version passes when there is no current version, or its ``metric`` is not
+    worse than the current one's by more than ``tolerance`` (``max``: new >= cur - tol;
+    ``min``: new <= cur + tol). ``force`` passes regardless but records why.
+
+    Raises:
+        RegistryError: The new metrics lack ``metric`` (and ``force`` is not set).
+    """
+    if mode not in ("max", "min"):
+        raise RegistryError(f'Got "{mode}" for registry.gate_mode: must be "max" or "min"')
+    raw_new = new_metrics.get(metric)
+    new_value = float(raw_new) if isinstance(raw_new, (int, float)) else None
+    current_value: float | None = None
+    if current_card is not None:
+        raw_cur = (current_card.get("test_metrics") or {}).get(metric)
+        current_value = float(raw_cur) if isinstance(raw_cur, (int, float)) else None
+
+    def decision(passed: bool, reason: str) -> GateDecision:
+        return GateDecision(passed, metric, mode, tolerance, new_value, current_value, current_version, force, reason)
+
+    if new_value is None and not force:
+        raise RegistryError(
+            f"the test metrics have no numeric {metric!r} (registry.gate_metric); "
+            f"got {sorted(new_metrics)}: evaluate the checkpoint on the test split, or pass --force"
+        )
+    if current_card is None:
+        return decision(True, "no current version")
+    if force:
+        return decision(True, "forced (--force): the gate was not applied")
+    if current_value is None:
+        return decision(
+            False,
+            f"current version {current_version} has no {metric!r} in its test metrics, so the new one "
+            "cannot be compared; use --force to promote anyway",
+        )
+    assert new_value is not None
+    if mode == "max":
+        passed = new_value >= current_value - tolerance
+        word = "lower"
+    else:
+        passed = new_value <= current_value + tolerance
+        word = "higher"
+    if passed:
+        return decision(True, f"{metric} {new_value:.6g} is not worse than current {current_value:.6g} (tolerance {tolerance:g})")
+    return decision(
+        False,
+        f"{metric} {new_value:.6g} is {word} than current {current_version}'s {current_value:.6g} "
+        f"by more than the tolerance {tolerance:g}; use --force to promote anyway",
+    )
+
+
+def build_card(
+    checkpoint: str | os.PathLike[str],
+    test_metrics: Mapping[str, Any],
+    *,
+    trial_config: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    now: Callable[[], str] = _utcnow,
+) -> dict[str, Any]:
+    """The model card fields of a checkpoint (everything except name and version)."""
+    src = Path(checkpoint)
+    meta = read_checkpoint_meta(src)
+    try:
+        pre = json.loads((src / PREPROCESSOR_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{src / PREPROCESSOR_FILE}: unreadable ({e})") from e
+    return {
+        "created": now(),
+        "source_checkpoint": str(src.resolve()),
+        "val_metrics": meta.get("metrics", {}),
+        "test_metrics": dict(test_metrics),
+        "trial_config": dict(trial_config) if trial_config is not None else meta.get("train_config", {}),
+        "arch": meta.get("arch", {}),
+        "epoch": meta.get("epoch"),
+        "feature_names": pre.get("feature_names", []),
+        "data_manifest_hash": meta.get("data_manifest_hash"),
+        "versions": {
+            "ray": _package_version("ray"),
+            "torch": _package_version("torch"),
+            "rayspace": _package_version("rayspace"),
+            "python": platform.python_version(),
+        },
+        "sha256": meta.get("sha256", {}),
+        **dict(extra or {}),
+    }
+
+
+def _resolve_checkpoint(checkpoint: str | os.PathLike[str], stack: Any) -> Path:
+    """A local directory for the checkpoint (remote URIs are downloaded into a temp dir)."""
+    text = os.fspath(checkpoint)
+    if not _is_remote(text):
+        path = Path(_strip_file_scheme(text)).expanduser()
+        if not path.is_dir():
+            raise CheckpointError(f'Got "{text}" for CHECKPOINT: not a directory')
+        return path
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(text)
+    tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="rayspace-ckpt-"))
+    try:
+        for fname in VERSION_FILES:
+            fs.get_file(f"{root.rstrip('/')}/{fname}", os.path.join(tmp, fname))
+    except FileNotFoundError as e:
+        raise CheckpointError(f'Got "{text}" for CHECKPOINT: {e}') from e
+    return Path(tmp)
+
+
+def promote(
+    registry_cfg: Any,
+    checkpoint: str | os.PathLike[str],
+    test_metrics: Mapping[str, Any],
+    *,
+    trial_config: Mapping[str, Any] | None = None,
+    force: bool = False,
+    registry: ModelRegistry | None = None,
+    extra_card: Mapping[str, Any] | None = None,
+) -> PromotionResult:
+    """Promote a checkpoint: write it as a new immutable version, then gate the ``current`` switch.
+
+    The version is always written (so a rejected candidate stays inspectable);
+    ``current`` moves to it only if the gate passes or ``force`` is set.
+
+    Args:
+        registry_cfg: A :class:`~workloads.config.RegistryConfig` (path, model_name, gate_*).
+        checkpoint: Checkpoint directory (``workloads.model`` format), local or URI.
+        test_metrics: Metrics on the held-out test split (``test_roc_auc``, ...).
+        trial_config: The hyperparameters that produced it (default: the checkpoint's train config).
+        force: Make it current whatever the gate says.
+        registry: Registry to write (default: one at ``registry_cfg.path``).
+        extra_card: More model-card fields (e.g. ``{"tune_trial": "..."}``).
+
+    Returns:
+        What was written and whether it became current.
+
+    Raises:
+        CheckpointError: The checkpoint is incomplete or corrupt.
+        RegistryError: The registry cannot be read or written, or the gate metric is missing.
+    """
+    import contextlib
+
+    reg = registry or ModelRegistry(registry_cfg.path)
+    name = registry_cfg.model_name
+    with contextlib.ExitStack() as stack:
+        src = _resolve_checkpoint(checkpoint, stack)
+        card = build_card(src, test_metrics, trial_config=trial_config, extra=extra_card)
+        if not _is_remote(os.fspath(checkpoint)):
+            card["source_checkpoint"] = str(Path(src).resolve())
+        else:
+            card["source_checkpoint"] = os.fspath(checkpoint)
+        previous = reg.current(name)
+        current_card = reg.card(name, previous) if previous else None
+        decision = gate(
+            test_metrics, current_card,
+            metric=registry_cfg.gate_metric, mode=registry_cfg.gate_mode,
+            tolerance=registry_cfg.gate_tolerance, force=force, current_version=previous,
+        )
+        card["gate"] = asdict(decision)
+        mv = reg.add_version(name, src, card)
+    if decision.passed:
+        reg.set_current(name, mv.version)
+        now_current: str | None = mv.version
+    else:
+        logger.warning("%s %s not promoted: %s", name, mv.version, decision.reason)
+        now_current = previous
+    return PromotionResult(
+        name=name, version=mv.version, uri=mv.uri, promoted=decision.passed,
+        previous=previous, current=now_current, gate=decision,
+    )
