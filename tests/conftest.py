@@ -30,11 +30,10 @@ def ray_local(tmp_path_factory):
     """
     import ray
 
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    ray.init(
-        address="local",
+    from workloads.runtime import init_local_ray
+
+    init_local_ray(
         num_cpus=4,
-        include_dashboard=False,
         logging_level="WARNING",
         log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT)}},

@@ -1,9 +1,137 @@
-"""``rayspace data|train|evaluate|run`` (placeholder until the workloads land)."""
+"""``rayspace config|data|train|evaluate|run``: thin wrappers over the workloads library."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import asdict
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Add the workloads subcommands."""
+    from workloads import pipeline
+
+    p = subparsers.add_parser("run", parents=[common], help="the main job: ingest -> train -> evaluate -> tune -> promote -> serve")
+    pipeline.add_arguments(p)
+    p.set_defaults(func=pipeline.cli_run)
+
+    cfg = subparsers.add_parser("config", help="show or validate the workspace configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = cfg_sub.add_parser("show", parents=[common], help="print the effective configuration as YAML")
+    show.set_defaults(func=_config_show)
+    val = cfg_sub.add_parser("validate", parents=[common], help="validate --config/--set and exit")
+    val.set_defaults(func=_config_validate)
+
+    data = subparsers.add_parser("data", help="the Parquet lake")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    ing = data_sub.add_parser("ingest", parents=[common], help="write the built-in WDBC dataset, or --source PATH, into the lake")
+    ing.add_argument("--source", help="CSV/Parquet file or folder with the lake schema (default: the built-in dataset)")
+    ing.add_argument("--lake", help="lake root (default: data.lake)")
+    ing.add_argument("--name", help="partition name (default: wdbc, or the file/folder name)")
+    ing.set_defaults(func=_data_ingest)
+    syn = data_sub.add_parser("synth", parents=[common], help="write a SYNTHETIC cohort with the same schema (for scale benchmarks)")
+    syn.add_argument("--rows", type=int, required=True)
+    syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--lake", help="lake root (default: data.lake); a separate lake keeps real and synthetic data apart")
+    syn.add_argument("--name", default="synthetic")
+    syn.set_defaults(func=_data_synth)
+    ls = data_sub.add_parser("list", parents=[common], help="the committed partitions and their manifests")
+    ls.add_argument("--lake")
+    ls.set_defaults(func=_data_list)
+
+    tr = subparsers.add_parser("train", parents=[common], help="train on the lake with Ray Train (TorchTrainer)")
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--workers", type=int, help="train.num_workers")
+    tr.add_argument("--storage", help="train.storage_path")
+    tr.set_defaults(func=_train)
+
+    ev = subparsers.add_parser("evaluate", parents=[common], help="test-split metrics of a checkpoint, as JSON + PNG")
+    ev.add_argument("checkpoint", help="checkpoint directory or URI")
+    ev.add_argument("--out", help="report directory (default: <train.storage_path>/reports/<run>)")
+    ev.set_defaults(func=_evaluate)
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    from workloads.cli import config_from_args, emit
+    from workloads.config import dump_config
+
+    cfg = config_from_args(args)
+    emit(args, cfg.model_dump(mode="json"), dump_config(cfg).rstrip())
+    return 0
+
+
+def _config_validate(args: argparse.Namespace) -> int:
+    from workloads.cli import config_from_args, emit
+
+    config_from_args(args)
+    emit(args, {"valid": True}, "configuration is valid")
+    return 0
+
+
+def _data_ingest(args: argparse.Namespace) -> int:
+    from workloads import lake
+    from workloads.cli import config_from_args, emit
+
+    cfg = config_from_args(args, {"data.lake": args.lake, "data.source": args.source})
+    m = lake.ingest(cfg.data.lake, cfg.data.source, name=args.name)
+    emit(args, asdict(m), f"ingested {m.row_count} rows from {m.origin} into {cfg.data.lake} as source={m.source} ({m.content_hash})")
+    return 0
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from workloads import lake
+    from workloads.cli import config_from_args, emit
+
+    cfg = config_from_args(args, {"data.lake": args.lake})
+    m = lake.synth(cfg.data.lake, args.rows, seed=args.seed, chunk_rows=cfg.data.synth_chunk_rows, name=args.name)
+    emit(args, asdict(m), f"wrote {m.row_count} SYNTHETIC rows into {cfg.data.lake} as source={m.source} ({len(m.files)} files)")
+    return 0
+
+
+def _data_list(args: argparse.Namespace) -> int:
+    from workloads import lake
+    from workloads.cli import config_from_args, emit, print_table
+
+    cfg = config_from_args(args, {"data.lake": args.lake})
+    parts = lake.list_partitions(cfg.data.lake)
+    if args.json:
+        emit(args, {"lake": cfg.data.lake, "partitions": [asdict(p) for p in parts]})
+    else:
+        print_table([{"source": p.source, "rows": p.row_count, "synthetic": p.synthetic, "created": p.created_at,
+                      "hash": p.content_hash[:19]} for p in parts])
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from workloads.cli import config_from_args, emit, progress
+    from workloads.runtime import ensure_ray
+    from workloads.train import train
+
+    cfg = config_from_args(args, {"train.epochs": args.epochs, "train.num_workers": args.workers, "train.storage_path": args.storage})
+    info = ensure_ray()
+    progress(args, f"training on {info['mode']} Ray ({info['cpus']:g} CPUs)...")
+    result = train(cfg)
+    m = result.metrics
+    emit(args, result.to_dict(),
+         f"best checkpoint: {result.checkpoint}\nval ROC AUC {m.get('val_roc_auc', float('nan')):.4f}, "
+         f"val accuracy {m.get('val_accuracy', float('nan')):.4f}, {len(result.history)} epochs, "
+         f"{result.num_workers} workers, {result.elapsed_s:.1f}s")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from workloads.cli import config_from_args, emit
+    from workloads.evaluate import evaluate
+    from workloads.runtime import ensure_ray
+
+    cfg = config_from_args(args)
+    ensure_ray()
+    report = evaluate(cfg, args.checkpoint, output_dir=args.out)
+    human = (
+        f"test accuracy {report['test_accuracy']:.4f}  ROC AUC {report['test_roc_auc']:.4f}  "
+        f"precision {report['test_precision']:.4f}  recall {report['test_recall']:.4f}\n"
+        f"confusion matrix [[tn, fp], [fn, tp]]: {json.dumps(report['confusion_matrix'])}\n"
+        f"report: {report['report_json']}  plot: {report['report_png']}"
+    )
+    emit(args, report, human)
+    return 0

@@ -167,3 +167,15 @@ class WaitTimeoutError(KubernetesError):
 
 class ClusterConfigError(KubernetesError):
     """No usable kubeconfig or in-cluster configuration."""
+
+
+class DashboardError(RayspaceError):
+    """The Ray dashboard's REST API refused a request or could not be reached.
+
+    Attributes:
+        status: HTTP status the dashboard returned (``None`` if it was unreachable).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None):
+        super().__init__(message)
+        self.status = status

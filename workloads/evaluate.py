@@ -1,0 +1,175 @@
+"""Test-split evaluation of a checkpoint: metrics, a JSON report and a PNG.
+
+The test split is re-derived from the lake with the same patient-id hash, and
+standardized with the checkpoint's own fitted standardization (never refit on
+test data). Predictions stream through Ray Data batch by batch; only the
+predicted probabilities and labels reach the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workloads.config import WorkspaceConfig
+from workloads.exceptions import CheckpointError, DataError
+
+logger = logging.getLogger(__name__)
+
+
+def compute_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+    """Accuracy, ROC AUC, precision, recall, F1 and the confusion matrix for binary predictions.
+
+    The confusion matrix is ``[[tn, fp], [fn, tp]]`` with malignant as the positive class.
+    """
+    from sklearn.metrics import confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
+
+    if len(labels) == 0:
+        raise DataError("the test split is empty: nothing to evaluate")
+    pred = (probs >= threshold).astype(int)
+    y = labels.astype(int)
+    two_classes = len(np.unique(y)) == 2
+    return {
+        "test_accuracy": float((pred == y).mean()),
+        "test_roc_auc": float(roc_auc_score(y, probs)) if two_classes else float("nan"),
+        "test_precision": float(precision_score(y, pred, zero_division=0)),
+        "test_recall": float(recall_score(y, pred, zero_division=0)),
+        "test_f1": float(f1_score(y, pred, zero_division=0)),
+        "confusion_matrix": confusion_matrix(y, pred, labels=[0, 1]).tolist(),
+        "test_rows": int(len(y)),
+        "threshold": threshold,
+    }
+
+
+def _predict_split(cfg: WorkspaceConfig, checkpoint_dir: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    from workloads.data import process
+    from workloads.model import load_checkpoint
+
+    model = load_checkpoint(checkpoint_dir)
+    processed = process(cfg.data, standardizer=model.standardizer)
+    probs, labels = [], []
+    torch = model._torch
+    # Inputs are already standardized by the pipeline: call the module directly.
+    for batch in processed.datasets["test"].iter_batches(batch_size=4096, batch_format="numpy"):
+        with torch.inference_mode():
+            logits = model.module(torch.from_numpy(np.array(batch["x"], dtype=np.float32))).reshape(-1)
+        probs.append(torch.sigmoid(logits).numpy())
+        labels.append(np.asarray(batch["y"]))
+    if not probs:
+        raise DataError("the test split is empty: nothing to evaluate")
+    info = {"data_fingerprint": processed.fingerprint, "counts": processed.counts}
+    return np.concatenate(probs).astype(np.float64), np.concatenate(labels), {**info, "meta": model.meta}
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def plot_report(path: Path, probs: np.ndarray, labels: np.ndarray, history: list[dict[str, Any]], title: str) -> None:
+    """Write a PNG with the ROC curve and the learning curves (loss, validation AUC/accuracy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    if len(np.unique(labels)) == 2:
+        fpr, tpr, _ = roc_curve(labels.astype(int), probs)
+        axes[0].plot(fpr, tpr, label="model")
+    axes[0].plot([0, 1], [0, 1], "--", color="grey", label="chance")
+    axes[0].set(title="ROC curve (test split)", xlabel="false positive rate", ylabel="true positive rate")
+    axes[0].legend(loc="lower right")
+    epochs = [h["epoch"] for h in history]
+    if history:
+        axes[1].plot(epochs, [h.get("train_loss") for h in history], label="train loss")
+        axes[1].plot(epochs, [h.get("val_loss") for h in history], label="validation loss")
+        axes[2].plot(epochs, [h.get("val_roc_auc") for h in history], label="validation ROC AUC")
+        axes[2].plot(epochs, [h.get("val_accuracy") for h in history], label="validation accuracy")
+    axes[1].set(title="Learning curve: loss", xlabel="epoch")
+    axes[2].set(title="Learning curve: validation metrics", xlabel="epoch")
+    axes[1].legend()
+    axes[2].legend(loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    _write_atomic(path, buf.getvalue())
+
+
+def evaluate(cfg: WorkspaceConfig, checkpoint: str, *, output_dir: str | None = None) -> dict[str, Any]:
+    """Compute test-split metrics for a checkpoint and write ``report.json`` and ``report.png``.
+
+    Ray must be initialized (the test split is read with Ray Data).
+
+    Args:
+        cfg: Workspace config (the ``data`` section locates and splits the lake).
+        checkpoint: Checkpoint directory (local path; a URI is fetched first).
+        output_dir: Where to write the report; default: ``<train.storage_path>/reports/<checkpoint name>``.
+
+    Returns:
+        ``test_accuracy``, ``test_roc_auc``, ``test_precision``, ``test_recall``, ``test_f1``,
+        ``confusion_matrix``, ``test_rows``, plus ``report_json``/``report_png`` paths and ``checkpoint``.
+
+    Raises:
+        CheckpointError: The checkpoint is incomplete or unreadable.
+        DataError: The lake is empty or the test split has no rows.
+    """
+    local = _localize(checkpoint)
+    probs, labels, info = _predict_split(cfg, local)
+    metrics = compute_metrics(probs, labels)
+    meta = info["meta"]
+    if meta.get("data_fingerprint") and meta["data_fingerprint"] != info["data_fingerprint"]:
+        logger.warning(
+            "checkpoint was trained on lake %s but the lake is now %s: test metrics use the current data",
+            meta["data_fingerprint"], info["data_fingerprint"],
+        )
+    out = Path(output_dir) if output_dir else Path(
+        os.path.abspath(os.path.expanduser(cfg.train.storage_path))) / "reports" / Path(local).parent.name
+    report = {
+        **metrics,
+        "checkpoint": checkpoint,
+        "epoch": meta.get("epoch"),
+        "val_metrics": meta.get("metrics", {}),
+        "data_fingerprint": info["data_fingerprint"],
+        "split_counts": info["counts"],
+    }
+    _write_atomic(out / "report.json", json.dumps(report, indent=1, default=str).encode())
+    plot_report(out / "report.png", probs, labels, meta.get("history", []),
+                f"{Path(local).parent.name}: test accuracy {metrics['test_accuracy']:.3f}, ROC AUC {metrics['test_roc_auc']:.3f}")
+    report["report_json"] = str(out / "report.json")
+    report["report_png"] = str(out / "report.png")
+    return report
+
+
+def _localize(checkpoint: str) -> str:
+    """A local directory for a checkpoint path or URI (downloading remote ones)."""
+    if "://" not in checkpoint or checkpoint.startswith("file://"):
+        path = checkpoint.removeprefix("file://")
+        if not os.path.isdir(path):
+            raise CheckpointError(f'Got "{checkpoint}" for the checkpoint: no such directory')
+        return path
+    from ray.train import Checkpoint
+
+    try:
+        return Checkpoint(checkpoint).to_directory()
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f'Got "{checkpoint}" for the checkpoint: cannot fetch it ({e})') from e

@@ -1,0 +1,198 @@
+"""The main job: ingest -> process -> train -> evaluate (-> tune -> promote -> serve).
+
+``run(cfg) -> dict`` is the pure entry point; ``rayspace run`` and
+``python -m workloads.pipeline`` (the ``ray job submit`` / RayJob entrypoint)
+both wrap it with the same flags. On a laptop it starts Ray in-process; with
+``RAY_ADDRESS`` set (a submitted job, a notebook on the head) it joins that
+cluster and writes to the configured storage, never to the job's temp dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from workloads.config import SMOKE_OVERRIDES, WorkspaceConfig, with_overrides
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+#: Stages in order; ``--until`` stops after one of them.
+STAGES = ("ingest", "process", "train", "evaluate", "tune", "promote", "serve")
+
+
+@dataclass
+class PipelineOptions:
+    """How much of the pipeline to run."""
+
+    smoke: bool = False
+    until: str = "serve"
+    skip_ingest: bool = False
+    skip_tune: bool = False
+    keep_serving: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def smoke_config(cfg: WorkspaceConfig) -> WorkspaceConfig:
+    """The tiny configuration of ``--smoke`` layered over ``cfg``."""
+    return with_overrides(cfg, SMOKE_OVERRIDES)
+
+
+def _stage_enabled(name: str, opts: PipelineOptions) -> bool:
+    return STAGES.index(name) <= STAGES.index(opts.until)
+
+
+def run(cfg: WorkspaceConfig, opts: PipelineOptions | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the main job and return its summary.
+
+    Args:
+        cfg: Workspace config (already including ``--smoke`` overrides if wanted).
+        opts: Which stages to run.
+        progress: Called with one human-readable line per step.
+
+    Returns:
+        Summary with at least ``test_accuracy``, ``test_roc_auc``, ``checkpoint``, ``elapsed_s``,
+        and ``endpoint``, ``model_version``, ``best_trial`` when the serving stages ran.
+    """
+    from workloads import lake
+    from workloads.runtime import ensure_ray
+
+    opts = opts or PipelineOptions()
+    say = progress or (lambda msg: logger.info(msg))
+    start = time.monotonic()
+    summary: dict[str, Any] = {"stages": []}
+
+    def done(stage: str, msg: str) -> None:
+        summary["stages"].append(stage)
+        say(f"[{stage}] {msg} ({time.monotonic() - start:.1f}s)")
+
+    if not opts.skip_ingest:
+        m = lake.ingest(cfg.data.lake, cfg.data.source)
+        done("ingest", f"{m.row_count} rows from {m.origin} -> {cfg.data.lake} ({m.content_hash[:19]})")
+        if opts.until == "ingest":
+            return _finish(summary, start)
+
+    ray_info = ensure_ray()
+    summary["ray"] = ray_info
+    say(f"[ray] {ray_info['mode']} Ray with {ray_info['cpus']:g} CPUs")
+
+    from workloads.data import process
+
+    processed = process(cfg.data)
+    summary["split_counts"] = processed.counts
+    summary["data_fingerprint"] = processed.fingerprint
+    done("process", f"splits {processed.counts}, standardization fitted on train only")
+    if opts.until == "process":
+        return _finish(summary, start)
+
+    from workloads.train import train
+
+    result = train(cfg, processed=processed)
+    summary["checkpoint"] = result.checkpoint
+    summary["train_metrics"] = result.metrics
+    summary["num_workers"] = result.num_workers
+    done(
+        "train",
+        f"{len(result.history)} epochs on {result.num_workers} workers, best val ROC AUC "
+        f"{result.metrics.get('val_roc_auc', float('nan')):.4f} -> {result.checkpoint}",
+    )
+    if opts.until == "train":
+        return _finish(summary, start)
+
+    from workloads.evaluate import evaluate
+
+    report = evaluate(cfg, result.checkpoint)
+    summary.update({k: report[k] for k in ("test_accuracy", "test_roc_auc", "test_precision", "test_recall")})
+    summary["confusion_matrix"] = report["confusion_matrix"]
+    summary["report"] = report["report_json"]
+    done("evaluate", f"test accuracy {report['test_accuracy']:.4f}, ROC AUC {report['test_roc_auc']:.4f} -> {report['report_png']}")
+    if opts.until == "evaluate":
+        return _finish(summary, start)
+
+    _serve_stages(cfg, opts, processed, result, report, summary, done, say)
+    return _finish(summary, start)
+
+
+def _serve_stages(cfg, opts, processed, result, report, summary, done, say) -> None:
+    """tune -> promote -> serve -> one prediction (filled in by the tune/serve packages)."""
+    raise NotImplementedError
+
+
+def _finish(summary: dict[str, Any], start: float) -> dict[str, Any]:
+    summary["elapsed_s"] = round(time.monotonic() - start, 2)
+    return summary
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``rayspace run`` (shared with ``python -m workloads.pipeline``)."""
+    parser.add_argument("--smoke", action="store_true", help="tiny config: the whole pipeline in well under a minute after Ray starts")
+    parser.add_argument("--until", choices=STAGES, default="serve", help="stop after this stage (default: serve)")
+    parser.add_argument("--skip-ingest", action="store_true", help="use what is already in the lake")
+    parser.add_argument("--skip-tune", action="store_true", help="promote the trained checkpoint without a sweep")
+    parser.add_argument("--keep-serving", action="store_true", help="after the run, keep serving until Ctrl-C")
+    parser.add_argument("--lake", help="shorthand for --set data.lake=URI")
+    parser.add_argument("--storage", help="shorthand for --set train.storage_path=URI and tune.storage_path=URI")
+    parser.add_argument("--registry", help="shorthand for --set registry.path=URI")
+    parser.add_argument("--source", help="shorthand for --set data.source=PATH")
+
+
+def options_from_args(args: argparse.Namespace) -> PipelineOptions:
+    return PipelineOptions(
+        smoke=args.smoke, until=args.until, skip_ingest=args.skip_ingest, skip_tune=args.skip_tune,
+        keep_serving=args.keep_serving,
+    )
+
+
+def config_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "data.lake": args.lake,
+        "data.source": args.source,
+        "train.storage_path": args.storage,
+        "tune.storage_path": args.storage,
+        "registry.path": args.registry,
+    }
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    """Handler of ``rayspace run`` and ``python -m workloads.pipeline``."""
+    from workloads.cli import config_from_args, emit, progress
+
+    cfg = config_from_args(args, config_overrides_from_args(args))
+    if args.smoke:
+        cfg = smoke_config(cfg)
+    opts = options_from_args(args)
+    summary = run(cfg, opts, progress=lambda m: progress(args, m))
+    human = [
+        "",
+        "== rayspace run: summary ==",
+        f"elapsed: {summary['elapsed_s']}s   stages: {' -> '.join(summary['stages'])}",
+    ]
+    for key in ("test_accuracy", "test_roc_auc", "test_precision", "test_recall"):
+        if key in summary:
+            human.append(f"{key}: {summary[key]:.4f}")
+    for key in ("checkpoint", "report", "best_trial", "model_version", "endpoint", "prediction"):
+        if key in summary:
+            human.append(f"{key}: {summary[key]}")
+    emit(args, summary, "\n".join(human))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m workloads.pipeline``: the job entrypoint, same flags as ``rayspace run``."""
+    from workloads.cli import main as cli_main
+
+    # Reuse the CLI's error handling by routing through it.
+    return cli_main(["run", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

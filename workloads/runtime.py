@@ -1,0 +1,76 @@
+"""Connecting to Ray: the embedded local default, or the cluster at ``RAY_ADDRESS``.
+
+The same code runs on a laptop (a Ray started in-process, token auth on, only
+loopback listeners, no dashboard) and on a KubeRay cluster (the driver of a
+``ray job submit`` or a notebook on the head, where ``RAY_ADDRESS`` is set).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+#: Ray only binds loopback when it believes it is not forming a multi-node cluster (its macOS/Windows mode).
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def keep_local_ray_on_loopback() -> None:
+    """Make a Ray started from this process listen on 127.0.0.1 only.
+
+    By default Ray binds every port (GCS, raylet, object manager, workers) to the
+    machine's routable address so other nodes can join. An embedded single-machine
+    Ray has no other nodes, so nothing should be reachable from the network.
+    Ray's own switch for that is its single-node (macOS/Windows) mode; the env var
+    reaches the child processes, the constant covers an already-imported Ray.
+    """
+    os.environ[_LOOPBACK_ENV] = "0"
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
+    """Start a new in-process Ray on loopback (token auth on, no dashboard unless asked)."""
+    import ray
+
+    keep_local_ray_on_loopback()
+    kwargs.setdefault("include_dashboard", False)
+    ray.init(address="local", num_cpus=num_cpus, **kwargs)
+
+
+def ensure_ray(*, address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> dict[str, Any]:
+    """Initialize Ray once and describe what we are connected to.
+
+    Args:
+        address: Cluster to join; default ``RAY_ADDRESS`` or, when unset, a new
+            local Ray (``address="local"`` never joins a stale session by accident).
+        num_cpus: Logical CPUs of a new local Ray (default: the machine's).
+        quiet: Keep worker logs and Ray Data progress bars off the console.
+
+    Returns:
+        ``{"address": ..., "mode": "local"|"cluster", "cpus": float}``.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        target = address or os.environ.get("RAY_ADDRESS") or "local"
+        kwargs: dict[str, Any] = {"logging_level": "WARNING" if quiet else "INFO", "log_to_driver": not quiet}
+        logger.info("starting/joining Ray at %s", target)
+        if target == "local":
+            init_local_ray(num_cpus, **kwargs)
+        else:
+            ray.init(address=target, **kwargs)
+        if quiet:
+            from ray.data import DataContext
+
+            DataContext.get_current().enable_progress_bars = False
+            # Ray Data and Train log every execution plan at INFO on the driver.
+            for name in ("ray.data", "ray.train", "ray.tune", "ray.serve"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+    address_now = ray.get_runtime_context().gcs_address
+    mode = "cluster" if (address or os.environ.get("RAY_ADDRESS")) else "local"
+    return {"address": address_now, "mode": mode, "cpus": float(ray.cluster_resources().get("CPU", 0))}
