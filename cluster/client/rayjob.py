@@ -1,0 +1,150 @@
+"""``RayJob``: submit with an entrypoint, wait for a terminal status, stop, logs."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import secrets
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from cluster.client._api import KubeApi
+from cluster.client._base import Resource
+from workloads.exceptions import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: ``status.jobStatus`` values after which the job will not change.
+TERMINAL_JOB_STATUSES = ("SUCCEEDED", "FAILED", "STOPPED")
+#: ``status.jobDeploymentStatus`` values after which the RayJob will not change.
+TERMINAL_DEPLOYMENT_STATUSES = ("Complete", "Failed")
+
+
+class RayJob(Resource):
+    """A KubeRay ``RayJob`` (``ray.io/v1``)."""
+
+    api_version: ClassVar[str] = "ray.io/v1"
+    kind: ClassVar[str] = "RayJob"
+    plural: ClassVar[str] = "rayjobs"
+
+    @classmethod
+    def from_template(
+        cls,
+        api: KubeApi,
+        template: Mapping[str, Any],
+        *,
+        entrypoint: str | None = None,
+        name: str | None = None,
+        unique: bool = True,
+    ) -> "RayJob":
+        """A new RayJob from a manifest, with its entrypoint and name chosen.
+
+        Args:
+            api: The connection.
+            template: A RayJob manifest (e.g. from ``cluster/``); not mutated.
+            entrypoint: Command the job runs; ``None`` keeps the template's.
+            name: Object name; ``None`` keeps the template's.
+            unique: Append a random suffix so repeated submissions do not collide.
+
+        Raises:
+            ConfigError: No entrypoint in either.
+        """
+        body = copy.deepcopy(dict(template))
+        meta = body.setdefault("metadata", {})
+        for key in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"):
+            meta.pop(key, None)
+        body.pop("status", None)
+        base = name or meta.get("name") or "rayspace-job"
+        meta["name"] = f"{base[:56]}-{secrets.token_hex(3)}" if unique else base
+        spec = body.setdefault("spec", {})
+        if entrypoint is not None:
+            spec["entrypoint"] = entrypoint
+        if not str(spec.get("entrypoint") or "").strip():
+            raise ConfigError('Got "" for the RayJob entrypoint: must be a command, e.g. "python -m workloads.pipeline"',
+                              [("entrypoint", spec.get("entrypoint"), "must be a non-empty command")])
+        return cls(api, body)
+
+    def submit(self) -> "RayJob":
+        """Create the RayJob (an existing name is an ``AlreadyExistsError``, never an overwrite)."""
+        return self.create()
+
+    # ------------------------------------------------------------------ status
+
+    @property
+    def job_status(self) -> str:
+        """``status.jobStatus`` (``PENDING``, ``RUNNING``, ``SUCCEEDED``, ``FAILED``, ``STOPPED``) or ``""``."""
+        return str(self.status.get("jobStatus") or "")
+
+    @property
+    def deployment_status(self) -> str:
+        """``status.jobDeploymentStatus`` (``Initializing``, ``Running``, ``Complete``, ``Failed``, ...)."""
+        return str(self.status.get("jobDeploymentStatus") or "")
+
+    @property
+    def job_id(self) -> str | None:
+        """The Ray job submission ID (what the dashboard's job API is keyed by)."""
+        return self.status.get("jobId") or self.spec.get("jobId")
+
+    @property
+    def cluster_name(self) -> str | None:
+        """The RayCluster running this job."""
+        return self.status.get("rayClusterName")
+
+    @property
+    def dashboard_url(self) -> str | None:
+        return self.status.get("dashboardURL")
+
+    @property
+    def is_finished(self) -> bool:
+        return (self.job_status in TERMINAL_JOB_STATUSES
+                or self.deployment_status in TERMINAL_DEPLOYMENT_STATUSES)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.job_status == "SUCCEEDED"
+
+    def describe_status(self) -> str:
+        parts = [f"jobStatus={self.job_status or '-'}", f"jobDeploymentStatus={self.deployment_status or '-'}"]
+        if self.status.get("message"):
+            parts.append(f"message={self.status['message']!r}")
+        return ", ".join(parts)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "namespace": self.namespace,
+            "job_status": self.job_status or None,
+            "deployment_status": self.deployment_status or None,
+            "job_id": self.job_id,
+            "cluster": self.cluster_name,
+            "entrypoint": self.spec.get("entrypoint"),
+        }
+
+    def wait_finished(self, timeout: float = 3600, interval: float = 2.0) -> "RayJob":
+        """Wait until the job reached ``SUCCEEDED``, ``FAILED`` or ``STOPPED``.
+
+        A failed job is a result, not an exception: read :attr:`job_status`.
+
+        Raises:
+            WaitTimeoutError: Still running after ``timeout``; names the last seen status.
+        """
+        return self.wait(lambda j: j.is_finished, timeout=timeout, what="finished (SUCCEEDED or FAILED)",
+                         interval=interval)
+
+    # ------------------------------------------------------------------ stop
+
+    def stop(self) -> "RayJob":
+        """Stop the job by suspending the RayJob (KubeRay stops the job and deletes its cluster).
+
+        Raises:
+            ConfigError: The RayJob keeps its cluster (``shutdownAfterJobFinishes: false``),
+                which KubeRay does not allow to suspend; delete the RayJob instead.
+        """
+        if not self.spec.get("shutdownAfterJobFinishes"):
+            raise ConfigError(
+                f"{self.ref} has shutdownAfterJobFinishes=false, and KubeRay only suspends RayJobs that own their "
+                "cluster; delete it instead (rayspace job stop --delete)",
+                [("spec.shutdownAfterJobFinishes", self.spec.get("shutdownAfterJobFinishes"), "must be true to suspend")],
+            )
+        return self.patch({"spec": {"suspend": True}})
