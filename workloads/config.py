@@ -158,6 +158,9 @@ class TuneConfig(_Section):
     num_samples: int = Field(8, ge=1, le=10_000)
     max_concurrent_trials: int | None = Field(None, ge=1, description="None: what the cluster's CPUs allow.")
     workers_per_trial: int = Field(1, ge=1, description="Ray Train workers of each trial.")
+    trial_driver_cpus: float = Field(
+        0.0, ge=0, description="CPUs each trial's driver reserves (it only waits on its TorchTrainer)."
+    )
     time_budget_s: float | None = Field(900, gt=0, description="Stop starting trials after this many seconds.")
     metric: str = Field("val_roc_auc", description="Validation metric the scheduler and selection use.")
     mode: Literal["max", "min"] = "max"
@@ -209,6 +212,10 @@ class ServeConfig(_Section):
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
     max_instances: int = Field(1024, ge=1, description="Largest batch one request may carry.")
     reload_poll_s: float = Field(5.0, ge=0, description="Poll `current` this often; 0 disables polling.")
+    ingress: Literal["haproxy", "proxy"] = Field(
+        "haproxy",
+        description="HTTP ingress when rayspace starts Ray itself: Serve's HAProxy ingress, or its Python proxy.",
+    )
 
     @model_validator(mode="after")
     def _replicas_ordered(self) -> "ServeConfig":
