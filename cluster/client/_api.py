@@ -72,9 +72,12 @@ class KubeApi:
         namespace: str,
         identity: str,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        namespace_source: str = "argument",
     ):
         self.api_client = api_client
         self.namespace = namespace
+        #: Where :attr:`namespace` came from: ``argument``, ``context``, ``in-cluster`` or ``default``.
+        self.namespace_source = namespace_source
         self.identity = identity
         self.request_timeout = request_timeout
         self.custom = k8s_client.CustomObjectsApi(api_client)
@@ -138,12 +141,14 @@ class KubeApi:
             raise ClusterConfigError(f"cannot load kubeconfig {where}: {e}") from e
         ctx = (chosen or {}).get("context") or {}
         ns = namespace or ctx.get("namespace") or "default"
-        token = (configuration.api_key or {}).get("authorization", "")
+        source = "argument" if namespace else "context" if ctx.get("namespace") else "default"
+        keys = configuration.api_key or {}
+        token = str(keys.get("BearerToken") or keys.get("authorization") or "")
         subject = _jwt_subject(token.removeprefix("Bearer ").strip())
         who = describe_subject(subject) if subject else f'user "{ctx.get("user", "?")}"'
         identity = f'{who} (kubeconfig context "{(chosen or {}).get("name", "?")}")'
         logger.info("kubeconfig context %s, namespace %s", (chosen or {}).get("name"), ns)
-        return cls(k8s_client.ApiClient(configuration), ns, identity, request_timeout)
+        return cls(k8s_client.ApiClient(configuration), ns, identity, request_timeout, source)
 
     @classmethod
     def from_incluster(
@@ -173,18 +178,20 @@ class KubeApi:
             ).load_and_set(configuration)
         except ConfigException as e:
             raise ClusterConfigError(f"no usable in-cluster configuration: {e}") from e
-        ns = namespace
+        ns, source = namespace, "argument"
         if ns is None:
             try:
-                ns = (sa_dir / "namespace").read_text(encoding="utf-8").strip() or "default"
+                ns, source = (sa_dir / "namespace").read_text(encoding="utf-8").strip(), "in-cluster"
             except OSError:
-                ns = "default"
+                ns = ""
+            if not ns:
+                ns, source = "default", "default"
         try:
             subject = _jwt_subject((sa_dir / "token").read_text(encoding="utf-8").strip())
         except OSError:
             subject = None
         identity = describe_subject(subject) if subject else "the pod's ServiceAccount"
-        return cls(k8s_client.ApiClient(configuration), ns, f"{identity} (in-cluster)", request_timeout)
+        return cls(k8s_client.ApiClient(configuration), ns, f"{identity} (in-cluster)", request_timeout, source)
 
     @classmethod
     def from_settings(

@@ -103,12 +103,14 @@ class _Endpoint:
     ) -> Any:
         """Issue one request. ``verb`` is the RBAC verb; ``params`` are query options."""
         ns = namespace if self.namespaced else None
+        # A create names its object in the body, not the URL; messages should still name it.
+        op_name = name or ((body.get("metadata") or {}).get("name") if isinstance(body, dict) else None)
         op = Operation(
             verb=verb,
             resource=self.resource + (f"/{subresource}" if subresource else ""),
             kind=self.kind,
             namespace=ns,
-            name=name,
+            name=op_name,
             identity=api.identity,
         )
         params["_request_timeout"] = api.request_timeout
@@ -292,7 +294,10 @@ class Resource:
             body.setdefault("apiVersion", self.api_version)
             body.setdefault("kind", self.kind)
             self.raw = body
-        return self
+            return self
+        # Some client versions drop bodies of status codes they do not expect (201 from an
+        # apply that created the object); read the object back rather than keep a stale body.
+        return self.refresh()
 
     def create(self: R) -> R:
         """Create the object.

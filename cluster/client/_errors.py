@@ -92,10 +92,12 @@ def translate(exc: ApiException, op: Operation) -> KubernetesError:
     details = body.get("details") or {}
 
     if status == 404:
-        if body.get("kind") == "Status" and reason == "NotFound" and op.name and details.get("name"):
+        plural = op.resource.split("/")[0].split(".")[0]
+        if reason == "NotFound" and op.name and details.get("name") == op.name and details.get("kind") == plural:
             return NotFoundError(f"{op.target} not found", status=404, reason=reason)
-        if op.name and reason == "NotFound":
-            return NotFoundError(f"{op.target} not found: {message}", status=404, reason=reason)
+        if reason == "NotFound":
+            # Something else is missing (e.g. the namespace of a create): say what the server said.
+            return NotFoundError(f"{op.verb} {op.target}: {message}", status=404, reason=reason)
         # A 404 without an object name means the resource type itself is unknown
         # to the server: for ray.io kinds that is a missing KubeRay CRD.
         hint = " (is the KubeRay operator and its CRDs installed?)" if op.resource.endswith(".ray.io") else ""

@@ -125,7 +125,8 @@ def ray_image(objects: list[dict[str, Any]]) -> str:
     raise ManifestError("no Ray cluster spec with a container image among the manifests")
 
 
-def _rename(old_base: str, new_base: str, name: str) -> str:
+def renamed(old_base: str, new_base: str, name: str) -> str:
+    """``name`` after renaming the base name ``old_base`` to ``new_base`` (prefixed names follow)."""
     if name == old_base:
         return new_base
     if name.startswith(old_base + "-"):
@@ -170,7 +171,7 @@ def customize(
                 continue
             meta = obj.setdefault("metadata", {})
             old = str(meta.get("name", ""))
-            meta["name"] = _rename(base_name, name, old)
+            meta["name"] = renamed(base_name, name, old)
             if obj.get("kind") == "RayCluster":
                 renamed_cluster[old] = meta["name"]
         for obj in out:
