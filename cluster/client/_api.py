@@ -120,7 +120,9 @@ class KubeApi:
         Raises:
             ClusterConfigError: The file is missing or unusable, or the context is unknown.
         """
-        config_file = os.fspath(path) if path is not None else None
+        # Read $KUBECONFIG now: the kubernetes package captures it once, at import.
+        config_file = os.fspath(path) if path is not None else (
+            os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config"))
         configuration = k8s_client.Configuration()
         try:
             contexts, active = k8s_config.list_kube_config_contexts(config_file)

@@ -412,7 +412,7 @@ class Resource:
             until: Predicate over the freshly read object.
             timeout: Seconds to wait.
             what: What is awaited, for the timeout message ("ready", "SUCCEEDED or FAILED").
-            interval: Seconds between reads.
+            interval: Most seconds between reads (polling starts faster and backs off to this).
             clock: Monotonic clock (injected so tests need no real waiting).
             sleep: Sleep function.
 
@@ -424,6 +424,7 @@ class Resource:
             NotFoundError: The object disappeared while waiting.
         """
         deadline = clock() + timeout
+        delay = min(0.25, interval)
         while True:
             self.refresh()
             if until(self):
@@ -433,7 +434,8 @@ class Resource:
                 raise WaitTimeoutError(
                     f"{self.ref} was not {what} after {timeout:g}s; last seen status: {self.describe_status()}"
                 )
-            sleep(min(interval, deadline - now))
+            sleep(min(delay, deadline - now))
+            delay = min(delay * 2, interval)
 
     def wait_deleted(self, *, timeout: float, interval: float = 1.0) -> None:
         """Poll until a read answers 404.

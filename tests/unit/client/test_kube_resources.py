@@ -276,8 +276,8 @@ def test_wait_with_an_injected_clock_polls_until_true(api: KubeApi, fake: FakeKu
             fake.update_status("RayCluster", "demo", "rayspace", {"conditions": [
                 {"type": "HeadPodReady", "status": "True"}, {"type": "RayClusterProvisioned", "status": "True"}]})
 
-    rc.wait(lambda r: r.is_ready, timeout=100, what="ready", interval=5, clock=lambda: now[0], sleep=sleep)
-    assert calls == [5, 5, 5]
+    rc.wait(lambda r: r.is_ready, timeout=100, what="ready", interval=1, clock=lambda: now[0], sleep=sleep)
+    assert calls == [0.25, 0.5, 1], "polling backs off to the interval"
     assert rc.is_ready
 
 
