@@ -118,6 +118,10 @@ class ManifestError(RayspaceError):
     """A rendered manifest is invalid or could not be rendered."""
 
 
+class SimulationError(ManifestError):
+    """The local autoscaling simulation of a RayCluster could not run (not: it ran and scaled wrongly)."""
+
+
 class KubernetesError(RayspaceError):
     """Base class of errors from the Kubernetes API.
 
