@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -84,7 +86,7 @@ def test_cluster_lifecycle(run: Run, fake: FakeKube, operator: FakeOperator) -> 
     assert plan["env"]["RAY_ADDRESS"] == "http://127.0.0.1:18265"
     assert plan["env"]["RAY_AUTH_TOKEN"].startswith('"$(rayspace cluster token --name rayspace --namespace rayspace')
     code, out, _ = run("cluster", "connect")
-    token = out and base64.b64decode(secret["data"]["auth_token"]).decode()
+    token = base64.b64decode(secret["data"]["auth_token"]).decode()
     assert "kubectl port-forward --namespace rayspace svc/rayspace-head-svc 8265:8265" in out
     assert "export RAY_ADDRESS=http://127.0.0.1:8265" in out and "export RAY_AUTH_MODE=token" in out
     assert token not in out, "connect must not print the secret itself"
@@ -191,3 +193,20 @@ def test_errors_are_one_line_with_the_reason(run: Run, fake: FakeKube, tmp_path:
     assert code == 1 and "cannot load kubeconfig" in err
     code, _, err = run("cluster", "up", "--workers", "cpu=lots")
     assert code == 2 and "--workers" in err
+
+
+def test_connect_run_spawns_kubectl(run: Run, fake: FakeKube, operator: FakeOperator, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run("cluster", "up", "--without-serve", "--timeout", "15")[0] == 0
+    # A stand-in kubectl on PATH records its argv, so `--run` is checked without a real cluster.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    record = tmp_path / "argv.json"
+    script = bindir / "kubectl"
+    script.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    code, out, _ = run("cluster", "connect", "--run")
+    assert code == 0
+    assert json.loads(record.read_text()) == ["port-forward", "--namespace", "rayspace", "svc/rayspace-head-svc",
+                                              "8265:8265", "10001:10001", "8000:8000"]
