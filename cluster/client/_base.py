@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from cluster.client._api import KubeApi
 from cluster.client._errors import Operation, call
-from workloads.exceptions import KubernetesError, ManifestError, WaitTimeoutError
+from workloads.exceptions import KubernetesError, ManifestError, NotFoundError, WaitTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -338,8 +338,6 @@ class Resource:
         return self._take(body)
 
     def _apply_by_replace(self: R) -> R:
-        from workloads.exceptions import NotFoundError
-
         try:
             live = type(self).get(self.api, self.name, self.namespace)
         except NotFoundError:
@@ -443,8 +441,6 @@ class Resource:
         Raises:
             WaitTimeoutError: Still there after ``timeout`` (finalizers, foreground deletion).
         """
-        from workloads.exceptions import NotFoundError
-
         deadline = time.monotonic() + timeout
         while True:
             try:

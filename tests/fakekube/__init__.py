@@ -7,6 +7,6 @@ client talks to it over loopback through a generated kubeconfig. See
 """
 
 from tests.fakekube.operator import FakeOperator
-from tests.fakekube.server import Deny, FakeKube, write_kubeconfig
+from tests.fakekube.server import Deny, FakeKube, service_account_token, write_kubeconfig
 
-__all__ = ["Deny", "FakeKube", "FakeOperator", "write_kubeconfig"]
+__all__ = ["Deny", "FakeKube", "FakeOperator", "service_account_token", "write_kubeconfig"]

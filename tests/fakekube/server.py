@@ -940,6 +940,16 @@ def _make_handler(fake: FakeKube) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def service_account_token(subject: str) -> str:
+    """A token shaped like a ServiceAccount JWT (unsigned: the fake maps tokens to users, clients read ``sub``)."""
+    import base64
+
+    def enc(obj: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    return f"{enc({'alg': 'none'})}.{enc({'sub': subject, 'iss': 'kubernetes/serviceaccount'})}.c2ln"
+
+
 def write_kubeconfig(path: str | Path, server: str, token: str, *, namespace: str | None = "rayspace",
                      context: str = "fake", user: str = "fake-user") -> Path:
     """Write a kubeconfig pointing at ``server`` with a bearer token."""

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cluster.client import KubeApi
-from tests.fakekube import FakeKube, FakeOperator, write_kubeconfig
+from tests.fakekube import FakeKube, FakeOperator, service_account_token, write_kubeconfig
 
-#: The ServiceAccount the tests' token belongs to.
+#: The ServiceAccount the tests' token belongs to, and that token.
 SA_USER = "system:serviceaccount:rayspace:rayspace-ci"
-
-
-def jwt_for(subject: str) -> str:
-    """A token shaped like a ServiceAccount JWT (unsigned; only its ``sub`` claim is read)."""
-    def enc(obj: dict) -> str:
-        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
-    return f"{enc({'alg': 'none'})}.{enc({'sub': subject, 'iss': 'kubernetes/serviceaccount'})}.c2ln"
-
-
-SA_TOKEN = jwt_for(SA_USER)
+SA_TOKEN = service_account_token(SA_USER)
 
 
 @pytest.fixture

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakekube import FakeKube, FakeOperator, write_kubeconfig
+from tests.fakekube import FakeKube, FakeOperator, service_account_token, write_kubeconfig
 from tests.fakekube.dashboard import FakeDashboard
-from tests.unit.client.conftest import SA_TOKEN
 from workloads.cli import main
+
+SA_TOKEN = service_account_token("system:serviceaccount:rayspace:rayspace-ci")
 
 Run = Callable[..., tuple[int, str, str]]
 

@@ -8,9 +8,10 @@ import pytest
 import yaml
 
 from cluster.client import KubeApi, RayCluster
-from tests.fakekube import FakeKube, write_kubeconfig
-from tests.unit.client.conftest import SA_TOKEN
+from tests.fakekube import FakeKube, service_account_token, write_kubeconfig
 from workloads.exceptions import ClusterConfigError
+
+SA_TOKEN = service_account_token("system:serviceaccount:rayspace:rayspace-ci")
 
 
 def test_namespace_and_identity_from_the_context(kubeconfig: Path) -> None:
