@@ -10,11 +10,13 @@ import time
 from collections import Counter
 
 import httpx
+import numpy as np
 import pytest
 
 from serve import runner
 from serve.testing import make_checkpoint, synthetic_rows
 from workloads.config import load_config
+from workloads.model import load_checkpoint
 from workloads.registry import ModelRegistry, promote
 from workloads.schema import FEATURE_NAMES
 
@@ -121,6 +123,11 @@ def test_concurrent_requests_are_batched(served):
 
     responses = asyncio.run(burst())
     assert [r.status_code for r in responses] == [200] * 48
+    # Each request got its own row's answer back out of the shared batch.
+    model = load_checkpoint(ModelRegistry(served["cfg"].registry.path).local_path("wdbc", "v1"))
+    expected = model.predict_proba(np.array([_rows(1, i)[0] for i in range(48)]))
+    got = [r.json()["predictions"][0]["probability"] for r in responses]
+    np.testing.assert_allclose(got, expected, atol=2e-6)
     sizes = [int(r.headers["x-rayspace-batch-size"]) for r in responses]
     assert max(sizes) > 1, f"no request shared a batch: {sizes}"
     after = httpx.get(f"{url}/v1/models/wdbc", timeout=30).json()["batching"]

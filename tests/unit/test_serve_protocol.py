@@ -160,3 +160,50 @@ def test_routes_reject_bad_input_with_4xx(client):
     assert r.status_code == 413 and "at most 16" in r.json()["error"]
     r = client.post("/v1/models/wdbc:predict", json={"instances": [_row()[:3]]})
     assert r.status_code == 422 and "must have 30" in r.json()["error"]
+
+
+# ------------------------------------------------------------ model holder (no Ray)
+
+
+class _FakeModel:
+    feature_names = NAMES
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def predict_proba(self, x):
+        return np.full(len(x), 0.75)
+
+
+def test_holder_follows_current_and_keeps_serving_on_a_failed_load(tmp_path):
+    import asyncio
+
+    from serve.app import ModelHolder, direct_predictor
+    from workloads.exceptions import ServeError
+    from workloads.registry import ModelRegistry
+
+    cfg = RegistryConfig(path=str(tmp_path / "models"), model_name="wdbc")
+    promote(cfg, make_checkpoint(tmp_path / "a", seed=1), {"test_roc_auc": 0.9})
+    reg = ModelRegistry(cfg.path)
+    loads: list[str] = []
+
+    def loader(path):
+        loads.append(path.name)
+        if path.name == "v3":
+            raise OSError("disk went away")
+        return _FakeModel(path)
+
+    holder = ModelHolder(reg, "wdbc", loader=loader)
+    with pytest.raises(ServeError, match="not loaded yet"):
+        holder.slot
+    holder.load()
+    assert holder.slot.version == "v1" and holder.refresh() is False and loads == ["v1"]
+    promote(cfg, make_checkpoint(tmp_path / "b", seed=2), {"test_roc_auc": 0.95})
+    assert holder.refresh() is True and holder.slot.version == "v2" and holder.reloads == 1
+    probs, slot, n = asyncio.run(direct_predictor(holder)(np.zeros((2, 30))))
+    assert probs.tolist() == [0.75, 0.75] and slot.version == "v2" and n == 1
+    promote(cfg, make_checkpoint(tmp_path / "c", seed=3), {"test_roc_auc": 0.99})
+    with pytest.raises(OSError, match="disk went away"):
+        holder.refresh()
+    assert holder.slot.version == "v2"  # the old version keeps answering
+
