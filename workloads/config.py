@@ -51,6 +51,11 @@ class DataConfig(_Section):
         "drop", description="Rows with missing values: drop them, or keep them imputed with a flag column."
     )
     synth_chunk_rows: int = Field(100_000, ge=1_000, description="Rows per chunk when writing a synthetic cohort.")
+    materialize: bool = Field(
+        True,
+        description="Keep processed splits in Ray's object store before training starts. Training workers may hold "
+        "every CPU, leaving none for Ray Data tasks; false streams from the lake (give Ray Data spare CPUs).",
+    )
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> "DataConfig":
@@ -88,7 +93,9 @@ class TrainConfig(_Section):
     checkpoint_metric: str = Field("val_roc_auc", description="Metric that ranks checkpoints.")
     checkpoint_mode: Literal["max", "min"] = "max"
     # Test hook: a worker raises once at this epoch so resume-from-checkpoint can be exercised.
-    fail_at_epoch: int | None = Field(None, ge=1, description="Testing only: inject one worker failure at this epoch.")
+    fail_at_epoch: int | None = Field(
+        None, ge=2, description="Testing only: one worker fails once at this epoch (>= 2, so a checkpoint exists)."
+    )
 
 
 # --------------------------------------------------------------------------- tune

@@ -163,6 +163,10 @@ def process(data_cfg: DataConfig, standardizer: Standardizer | None = None) -> P
     std = standardizer or fit_standardizer(splits["train"])
     kwargs: dict[str, Any] = {"mean": std.mean, "scale": std.scale}
     ready = {name: ds.map_batches(standardize_batch, batch_format="pandas", fn_kwargs=kwargs) for name, ds in splits.items()}
+    if data_cfg.materialize:
+        # Run the preprocessing now, while CPUs are free: once training workers (or several Tune
+        # trials) hold every CPU, Ray Data tasks queued behind them would never be scheduled.
+        ready = {name: ds.materialize() for name, ds in ready.items()}
     counts = {name: ds.count() for name, ds in splits.items()}
     for name, n in counts.items():
         if n == 0:

@@ -1,0 +1,319 @@
+"""Ray Tune sweeps over the Ray Train training of ``workloads/train.py``.
+
+The pattern Ray 2.60 supports for Tune over Train V2: each trial is a Tune
+*function trainable* (the trial driver) that builds and fits its own
+``TorchTrainer``; ``TuneReportCallback`` forwards rank 0's per-epoch metrics and
+checkpoint path to Tune, so ASHA can stop weak trials early. A V2 trainer passed
+straight to ``Tuner`` fails, and ``ray.train.report`` inside a Tune function is
+deprecated, so neither is used.
+
+Resources: a trial holds ``tune.trial_driver_cpus`` for its driver plus
+``workers_per_trial * train.cpus_per_worker`` for its workers. Concurrency is
+capped so every running trial's workers fit the cluster at once: trials never
+deadlock with drivers holding CPUs their workers wait for.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from workloads.config import Choice, LogUniform, RandInt, TuneConfig, Uniform, WorkspaceConfig, with_overrides
+from workloads.exceptions import ConfigError, TuneError
+
+if TYPE_CHECKING:
+    from workloads.data import Processed
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PATH_KEY = "checkpoint_path"  # what TuneReportCallback adds to the metrics
+
+
+@dataclass
+class TrialRow:
+    """One line of the trial table."""
+
+    trial_id: str
+    status: str
+    config: dict[str, Any]
+    best_metric: float | None
+    epochs_run: int
+    epochs_planned: int
+    stopped_early: bool
+    best_checkpoint: str | None
+    error: str | None = None
+
+
+@dataclass
+class SweepResult:
+    """What a sweep produced: every trial, and the best one by the validation metric."""
+
+    name: str
+    path: str
+    metric: str
+    mode: str
+    trials: list[TrialRow]
+    best: TrialRow | None
+    concurrency: int
+    elapsed_s: float
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[TrialRow]:
+        return [t for t in self.trials if t.status == "ERROR"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "metric": self.metric,
+            "mode": self.mode,
+            "concurrency": self.concurrency,
+            "elapsed_s": round(self.elapsed_s, 2),
+            "best_trial": asdict(self.best) if self.best else None,
+            "trials": [asdict(t) for t in self.trials],
+            "files": self.files,
+        }
+
+
+# ------------------------------------------------------------------- search space
+
+
+def search_space(tune_cfg: TuneConfig) -> dict[str, Any]:
+    """Turn the config's typed parameter specs into Ray Tune sampling domains."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for name, spec in tune_cfg.search_space.items():
+        if isinstance(spec, LogUniform):
+            space[name] = tune.loguniform(spec.low, spec.high)
+        elif isinstance(spec, Uniform):
+            space[name] = tune.uniform(spec.low, spec.high)
+        elif isinstance(spec, RandInt):
+            space[name] = tune.randint(spec.low, spec.high)
+        elif isinstance(spec, Choice):
+            space[name] = tune.choice(spec.values)
+        else:  # pragma: no cover - the config's discriminated union admits nothing else
+            raise ConfigError(f"Got {spec!r} for tune.search_space.{name}: unknown sampling kind", [])
+    return space
+
+
+def searcher(tune_cfg: TuneConfig):
+    """The seeded random searcher (same seed -> same sampled configs)."""
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=tune_cfg.seed)
+
+
+def sample_configs(tune_cfg: TuneConfig) -> list[dict[str, Any]]:
+    """The configs a sweep will try, in order, without running anything (``--dry-run``).
+
+    Mirrors what ``BasicVariantGenerator(random_state=seed)`` draws: one seeded
+    generator, ``num_samples`` resolutions of ``{"config": space}`` in turn.
+    """
+    from ray.tune.search.basic_variant import _BackwardsCompatibleNumpyRng
+    from ray.tune.search.variant_generator import generate_variants
+
+    rng = _BackwardsCompatibleNumpyRng(tune_cfg.seed)
+    spec = {"config": search_space(tune_cfg)}
+    out = []
+    for _ in range(tune_cfg.num_samples):
+        for _, resolved in generate_variants(spec, random_state=rng):
+            out.append(resolved["config"])
+    return out
+
+
+def _validate_trial_config(base: WorkspaceConfig, params: dict[str, Any]) -> WorkspaceConfig:
+    return with_overrides(base, {f"train.{k}": v for k, v in params.items()})
+
+
+# ----------------------------------------------------------------- resources
+
+
+def plan_concurrency(tune_cfg: TuneConfig, cpus_per_worker: float, cluster_cpus: float) -> int:
+    """How many trials may run at once so that all their drivers and workers fit.
+
+    Raises:
+        ConfigError: Not even one trial fits the cluster.
+    """
+    per_trial = tune_cfg.trial_driver_cpus + tune_cfg.workers_per_trial * cpus_per_worker
+    fits = int(math.floor(cluster_cpus / per_trial + 1e-9))
+    if fits < 1:
+        raise ConfigError(
+            f"Got {tune_cfg.workers_per_trial} for tune.workers_per_trial: one trial needs {per_trial:g} CPUs "
+            f"(driver {tune_cfg.trial_driver_cpus:g} + workers), the cluster has {cluster_cpus:g}; "
+            "lower tune.workers_per_trial or train.cpus_per_worker",
+            [("tune.workers_per_trial", tune_cfg.workers_per_trial, f"must fit {cluster_cpus:g} CPUs")],
+        )
+    if tune_cfg.max_concurrent_trials is not None:
+        fits = min(fits, tune_cfg.max_concurrent_trials)
+    return max(1, min(fits, tune_cfg.num_samples))
+
+
+# -------------------------------------------------------------------- trial driver
+
+
+def _trial_driver(params: dict[str, Any], *, base: dict[str, Any], processed: "Processed", storage: str, sweep: str) -> None:
+    """One trial: build and fit a ``TorchTrainer``; metrics reach Tune through the callback."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from workloads.train import build_trainer
+
+    cfg = _validate_trial_config(WorkspaceConfig.model_validate(base), params)
+    trial_id = ray.tune.get_context().get_trial_id()
+    trainer = build_trainer(
+        cfg, processed,
+        run_name=f"{sweep}-train-{trial_id}",
+        storage_path=storage,
+        num_workers=cfg.tune.workers_per_trial,
+        callbacks=[TuneReportCallback()],
+    )
+    trainer.fit()
+
+
+# ----------------------------------------------------------------------- sweep
+
+
+def _max_epochs(cfg: WorkspaceConfig) -> int:
+    spec = cfg.tune.search_space.get("epochs")
+    if isinstance(spec, Choice):
+        return int(max(spec.values))
+    if isinstance(spec, RandInt):
+        return int(spec.high - 1)
+    return cfg.train.epochs
+
+
+def _row(result: Any, metric: str, mode: str, default_epochs: int) -> TrialRow:
+    df = result.metrics_dataframe
+    cfg = dict(result.config or {})
+    planned = int(cfg.get("epochs", default_epochs))
+    error = None if result.error is None else f"{type(result.error).__name__}: {str(result.error).splitlines()[0][:300]}"
+    best_metric = None
+    best_ckpt = None
+    epochs_run = 0
+    if df is not None and len(df) and metric in df.columns:
+        scored = df.dropna(subset=[metric])
+        if len(scored):
+            idx = scored[metric].idxmax() if mode == "max" else scored[metric].idxmin()
+            best_metric = float(scored.loc[idx, metric])
+            if CHECKPOINT_PATH_KEY in scored.columns:
+                best_ckpt = scored.loc[idx, CHECKPOINT_PATH_KEY]
+                best_ckpt = str(best_ckpt) if isinstance(best_ckpt, str) else None
+        epochs_run = int(df["training_iteration"].max()) if "training_iteration" in df.columns else len(df)
+    status = "ERROR" if result.error is not None else "TERMINATED"
+    trial_id = os.path.basename(str(result.path)) if result.path else "?"
+    return TrialRow(
+        trial_id=trial_id, status=status, config=cfg, best_metric=best_metric, epochs_run=epochs_run,
+        epochs_planned=planned, stopped_early=status != "ERROR" and epochs_run < planned,
+        best_checkpoint=best_ckpt, error=error,
+    )
+
+
+def _write_table(path: str, result: SweepResult) -> dict[str, str]:
+    """Save the trial table as CSV and JSON beside the sweep (atomically, local storage only)."""
+    if "://" in path:
+        logger.warning("trial table not written: %s is not a local path", path)
+        return {}
+    os.makedirs(path, exist_ok=True)
+    csv_path, json_path = os.path.join(path, "trials.csv"), os.path.join(path, "trials.json")
+    buf = io.StringIO()
+    keys = sorted({k for t in result.trials for k in t.config})
+    writer = csv.writer(buf)
+    writer.writerow(["trial_id", "status", f"best_{result.metric}", "epochs_run", "epochs_planned", "stopped_early", *keys, "error"])
+    for t in result.trials:
+        writer.writerow([t.trial_id, t.status, t.best_metric, t.epochs_run, t.epochs_planned, t.stopped_early,
+                         *[t.config.get(k) for k in keys], t.error or ""])
+    for target, text in ((csv_path, buf.getvalue()), (json_path, json.dumps(result.to_dict(), indent=1, default=str))):
+        tmp = target + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    return {"csv": csv_path, "json": json_path}
+
+
+def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None) -> SweepResult:
+    """Run the sweep described by ``cfg.tune`` over ``cfg.train``; Ray must be initialized.
+
+    Failed trials are reported in the result, not raised; only a sweep in which no
+    trial produced a checkpoint raises.
+
+    Raises:
+        ConfigError: No trial fits the cluster, or a sampled value breaks a train rule.
+        TuneError: Every trial failed.
+    """
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from workloads.data import process
+    from workloads.train import new_run_name, resolve_storage
+
+    tc = cfg.tune
+    for params in sample_configs(tc)[:1]:
+        _validate_trial_config(cfg, params)  # fail before any trial starts if the space breaks a rule
+    start = time.monotonic()
+    cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
+    concurrency = plan_concurrency(tc, cfg.train.cpus_per_worker, cluster_cpus)
+    processed = processed or process(cfg.data)
+    storage = resolve_storage(tc.storage_path)
+    name = new_run_name(tc.name)
+    max_t = _max_epochs(cfg)
+    if tc.scheduler == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration", max_t=max_t,
+            grace_period=min(tc.grace_period, max_t), reduction_factor=tc.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _trial_driver, base=cfg.model_dump(mode="json"), processed=processed,
+            storage=_join(storage, name), sweep=name,
+        ),
+        _driver_resources(tc),
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search_space(tc),
+        tune_config=tune.TuneConfig(
+            metric=tc.metric, mode=tc.mode, num_samples=tc.num_samples, scheduler=scheduler,
+            search_alg=searcher(tc), max_concurrent_trials=concurrency, time_budget_s=tc.time_budget_s,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=0), verbose=0,
+        ),
+    )
+    logger.info("sweep %s: %d samples, %d at a time, scheduler %s", name, tc.num_samples, concurrency, tc.scheduler)
+    grid = tuner.fit()
+    rows = [_row(r, tc.metric, tc.mode, cfg.train.epochs) for r in grid]
+    scored = [r for r in rows if r.best_metric is not None and r.best_checkpoint]
+    if not scored:
+        errors = "; ".join(r.error for r in rows if r.error) or "no trial reported a checkpoint"
+        raise TuneError(f"sweep {name}: no trial produced a checkpoint ({errors})")
+    best = (max if tc.mode == "max" else min)(scored, key=lambda r: r.best_metric)
+    result = SweepResult(
+        name=name, path=_join(storage, name), metric=tc.metric, mode=tc.mode, trials=rows, best=best,
+        concurrency=concurrency, elapsed_s=time.monotonic() - start,
+    )
+    result.files = _write_table(result.path, result)
+    return result
+
+
+def _driver_resources(tc: TuneConfig) -> dict[str, float]:
+    # Ray refuses an all-zero bundle; a driver that only waits on its trainer reserves memory, not CPU.
+    resources: dict[str, float] = {"memory": float(256 * 1024**2)}
+    if tc.trial_driver_cpus > 0:
+        resources["CPU"] = tc.trial_driver_cpus
+    return resources
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a.rstrip('/')}/{b}"
