@@ -328,6 +328,7 @@ class Resource:
         """
         ep = self._endpoint()
         try:
+            # A dict body is serialised as JSON (which is YAML); kubernetes>=37 sends it as such.
             body = ep.request(self.api, "patch", self.namespace, self.name, self.apply_body(),
                               field_manager=FIELD_MANAGER, force=force, _content_type=_APPLY)
         except KubernetesError as e:
@@ -434,6 +435,15 @@ class Resource:
                 )
             sleep(min(delay, deadline - now))
             delay = min(delay * 2, interval)
+
+    def wait_condition(self: R, type_: str, status: str = "True", *, timeout: float, interval: float = 1.0) -> R:
+        """Wait until ``status.conditions`` has ``type_`` with ``status``.
+
+        Raises:
+            WaitTimeoutError: Not so after ``timeout``; names the last seen conditions.
+        """
+        return self.wait(lambda r: (r.condition(type_) or {}).get("status") == status, timeout=timeout,
+                         what=f"{type_}={status}", interval=interval)
 
     def wait_deleted(self, *, timeout: float, interval: float = 1.0) -> None:
         """Poll until a read answers 404.

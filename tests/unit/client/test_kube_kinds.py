@@ -36,6 +36,14 @@ def test_rendered_cluster_becomes_ready_by_conditions(api: KubeApi, operator: Fa
     assert rc.summary()["ready"] is True
 
 
+def test_wait_for_one_condition(api: KubeApi, operator: FakeOperator, dev_cluster: dict) -> None:
+    rc = RayCluster(api, dev_cluster).apply().wait_condition("HeadPodReady", timeout=10, interval=0.05)
+    assert rc.condition_true("HeadPodReady")
+    with pytest.raises(WaitTimeoutError, match=r"was not RayClusterSuspended=True after 0.2s; last seen status: .*"
+                                               r"RayClusterSuspended=False"):
+        rc.wait_condition("RayClusterSuspended", timeout=0.2, interval=0.05)
+
+
 def test_deprecated_state_alone_is_not_ready(api: KubeApi, fake: FakeKube, dev_cluster: dict) -> None:
     RayCluster(api, dev_cluster).create()
     fake.update_status("RayCluster", "rayspace", "rayspace", {"state": "ready"})
