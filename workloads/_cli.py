@@ -21,6 +21,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     show.set_defaults(func=_config_show)
     val = cfg_sub.add_parser("validate", parents=[common], help="validate --config/--set and exit")
     val.set_defaults(func=_config_validate)
+    ex = cfg_sub.add_parser("example", help="print the annotated example config (every field, default and rule)")
+    ex.set_defaults(func=_config_example)
 
     data = subparsers.add_parser("data", help="the Parquet lake")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
@@ -57,6 +59,13 @@ def _config_show(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     emit(args, cfg.model_dump(mode="json"), dump_config(cfg).rstrip())
+    return 0
+
+
+def _config_example(args: argparse.Namespace) -> int:
+    from workloads.config import example_yaml
+
+    print(example_yaml(), end="")
     return 0
 
 

@@ -48,7 +48,8 @@ class DataConfig(_Section):
     test_fraction: float = Field(0.15, gt=0, lt=1, description="Share of patients in the test split.")
     split_salt: str = Field("rayspace-v1", min_length=1, description="Salt of the patient-id hash that splits.")
     missing: Literal["drop", "flag"] = Field(
-        "drop", description="Rows with missing values: drop them, or keep them imputed with a flag column."
+        "drop", description="Rows with missing measurements: drop them, or keep them (flagged has_missing=1) "
+        "with the gaps imputed by the training mean"
     )
     synth_chunk_rows: int = Field(100_000, ge=1_000, description="Rows per chunk when writing a synthetic cohort.")
     materialize: bool = Field(
@@ -74,7 +75,7 @@ class TrainConfig(_Section):
     """Data-parallel PyTorch training with Ray Train."""
 
     num_workers: int | None = Field(
-        None, ge=1, description="Ray Train workers; None means what the local CPUs allow (at most 2)."
+        None, ge=1, description="Ray Train workers; None: what the cluster's CPUs allow (at most 4)"
     )
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each training worker reserves.")
     use_gpu: bool = Field(False, description="Give each worker one GPU.")
@@ -293,6 +294,8 @@ def _rule(err: dict[str, Any]) -> str:
             msg = msg[len(prefix):]
     if msg.startswith("Input should be"):
         msg = "must be" + msg[len("Input should be"):]
+    elif msg.startswith("String should"):
+        msg = "must" + msg[len("String should"):]
     elif msg.startswith("Extra inputs are not permitted"):
         msg = "unknown field (not a setting of this section; check the spelling)"
     return msg[:1].lower() + msg[1:]
@@ -415,3 +418,58 @@ def with_overrides(cfg: WorkspaceConfig, overrides: dict[str, Any]) -> Workspace
 def dump_config(cfg: WorkspaceConfig) -> str:
     """Render a config as YAML (the inverse of :func:`load_config`)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+_SECTION_TITLES = {
+    "data": "The Parquet lake and how patients are split.",
+    "train": "Data-parallel PyTorch training (Ray Train TorchTrainer).",
+    "tune": "Ray Tune sweeps over the training.",
+    "registry": "Model registry: where promotion writes versions and the gate that guards `current`.",
+    "serve": "Ray Serve HTTP application (KServe V1 inference protocol).",
+    "cluster": "KubeRay objects the cluster client manages.",
+}
+
+
+def _rules(field_info: Any) -> str:
+    names = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "min length", "max_length": "max length",
+             "pattern": "matches"}
+    parts = []
+    for meta in field_info.metadata:
+        for attr, label in names.items():
+            value = getattr(meta, attr, None)
+            if value is not None:
+                parts.append(f"{label} {value}")
+    return ", ".join(parts)
+
+
+def example_yaml() -> str:
+    """The annotated example config: every field with its default, description and rule.
+
+    ``rayspace.yaml`` at the repository root is this text (a test keeps them equal);
+    ``rayspace config example`` prints it.
+    """
+    defaults = WorkspaceConfig()
+    lines = [
+        "# rayspace workspace configuration: every setting, with its built-in default.",
+        "# Use: rayspace <command> --config rayspace.yaml   (one value: --set section.field=value)",
+        "# Invalid values fail before Ray starts, naming the field, the value and the rule.",
+        "# Regenerate after changing workloads/config.py: rayspace config example > rayspace.yaml",
+    ]
+    for section in WorkspaceConfig.model_fields:
+        model = getattr(defaults, section)
+        dumped = model.model_dump(mode="json")
+        lines += ["", f"# {_SECTION_TITLES.get(section, section)}", f"{section}:"]
+        for name, info in type(model).model_fields.items():
+            note = "; ".join(p for p in ((info.description or "").rstrip("."), _rules(info)) if p)
+            if note:
+                lines.append(f"  # {note}")
+            value = dumped[name]
+            if isinstance(value, dict) and value:
+                lines.append(f"  {name}:")
+                body = yaml.safe_dump(value, sort_keys=False, default_flow_style=None).rstrip().splitlines()
+                lines += [f"    {line}" for line in body]
+            else:
+                text = yaml.safe_dump(value, default_flow_style=True).strip()
+                text = text.removesuffix("\n...").removesuffix("...").strip()
+                lines.append(f"  {name}: {text}")
+    return "\n".join(lines) + "\n"

@@ -8,7 +8,14 @@ import textwrap
 
 import pytest
 
-from workloads.config import SMOKE_OVERRIDES, WorkspaceConfig, load_config, parse_override, with_overrides
+from workloads.config import (
+    SMOKE_OVERRIDES,
+    WorkspaceConfig,
+    example_yaml,
+    load_config,
+    parse_override,
+    with_overrides,
+)
 from workloads.exceptions import ConfigError
 
 
@@ -114,6 +121,7 @@ def test_shipped_configs_load(repo_root):
     cfg = load_config(example)
     assert cfg == load_config(), "rayspace.yaml should spell out the built-in defaults"
     text = example.read_text()
+    assert text == example_yaml(), "rayspace.yaml is stale: run `rayspace config example > rayspace.yaml`"
     for section, model in WorkspaceConfig.model_fields.items():
         for field in model.annotation.model_fields:
             assert f"  {field}:" in text, f"rayspace.yaml does not document {section}.{field}"
