@@ -28,7 +28,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
@@ -187,3 +187,103 @@ def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> d
         wanted = f"{kind} {name!r}" if name else f"any {kind}"
         raise ManifestError(f"no {wanted} among the rendered objects (objects of that kind: {names or 'none'})")
     raise ManifestError(f"{len(hits)} objects of kind {kind} ({names}): pass a name")
+
+
+# ------------------------------------------------------------------------------ checks
+
+
+def autoscaler_findings(objects: list[dict[str, Any]]) -> list["Finding"]:
+    """Run Ray's KubeRay autoscaler conversion on every Ray cluster spec and compare the node types.
+
+    Each RayCluster (and the cluster specs inside RayJob/RayService/RayCronJob) goes
+    through ``ray.autoscaler._private.kuberay.autoscaling_config``; the node types it
+    yields must equal what the spec declares (CPU, GPU, memory, min/max workers).
+    """
+    from cluster._internal.autoscaling import autoscaler_view, expected_node_types
+    from cluster._internal.findings import failed, obj_id, passed
+    from cluster._internal.objects import cluster_specs
+
+    out = []
+    for obj in objects:
+        for base, cspec in cluster_specs(obj):
+            where = f"{obj_id(obj)}:{base}"
+            cr = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": dict(obj.get("metadata") or {}), "spec": cspec}
+            try:
+                view = autoscaler_view(cr)
+            except ManifestError as e:
+                out.append(failed("autoscaler-node-types", where, str(e)))
+                continue
+            expected = expected_node_types(cr)
+            problems = []
+            for name, want in expected.items():
+                got = view.node_types.get(name)
+                if got is None:
+                    problems.append(f"Ray derived no node type {name!r}")
+                elif got != want:
+                    problems.append(f"{name}: Ray derived {got.resources} min={got.min_workers} max={got.max_workers}, "
+                                    f"the spec says {want.resources} min={want.min_workers} max={want.max_workers}")
+            extra = sorted(set(view.node_types) - set(expected))
+            if extra:
+                problems.append(f"unexpected node types {extra}")
+            summary = ", ".join(
+                f"{n}({', '.join(f'{k}={v:g}' for k, v in t.resources.items() if k != 'memory')}, {t.min_workers}-{t.max_workers})"
+                for n, t in view.node_types.items()
+            )
+            out.append(failed("autoscaler-node-types", where, "; ".join(problems)) if problems
+                       else passed("autoscaler-node-types", where, f"Ray's KubeRay autoscaler sees {summary}; idle {view.idle_timeout_s:g}s"))
+    return out
+
+
+def check(overlay: str = "dev", *, engine: Engine | None = None, crds: Path | None = None) -> list["Finding"]:
+    """Run every offline check on one rendered overlay.
+
+    Schema validation (strict OpenAPI for core kinds, the KubeRay CRDs for ``ray.io``
+    kinds), KubeRay webhook rules, version agreement, the security policy, Ray's own
+    autoscaler conversion and, for ``monitoring``, the monitoring checks.
+
+    Args:
+        overlay: One of :data:`TARGETS`.
+        engine: Kustomize engine (see :func:`render`).
+        crds: Directory of the KubeRay CRDs (default: ``$RAYSPACE_KUBERAY_CRDS`` or ``../shared/kuberay/crds``).
+
+    Returns:
+        One :class:`~cluster._internal.findings.Finding` per check and object.
+
+    Raises:
+        ManifestError: The overlay does not render, or the KubeRay CRDs are missing.
+    """
+    from cluster._internal import policy, validate
+    from cluster._internal.monitoring import monitoring_findings
+
+    objects = render(overlay, engine=engine)
+    if overlay == "monitoring":
+        return monitoring_findings(objects, render("dev", engine=engine))
+    findings = validate.validate_objects(objects, crds=crds)
+    findings.extend(policy.policy_findings(objects))
+    findings.extend(autoscaler_findings(objects))
+    return findings
+
+
+def simulate(overlay: str = "dev", **kwargs: Any) -> "SimulationResult":
+    """Autoscaling simulation of the overlay's RayCluster on this machine.
+
+    See :func:`cluster._internal.simulate.simulate` for the keyword arguments.
+    Never runs ``ray stop``: the fake head runs in its own process group and is
+    stopped by its id.
+    """
+    from cluster._internal.simulate import simulate as _simulate
+
+    return _simulate(find(render(overlay), "RayCluster", RAYCLUSTER_NAME), overlay=overlay, **kwargs)
+
+
+def sync_serve_config() -> list["SyncedFile"]:
+    """Regenerate the RayService's ``serveConfigV2`` (base and ha) from ``serve/config.yaml``."""
+    from cluster._internal import serve_sync
+
+    return serve_sync.sync()
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cluster._internal.findings import Finding
+    from cluster._internal.serve_sync import SyncedFile
+    from cluster._internal.simulate import SimulationResult

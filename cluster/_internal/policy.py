@@ -1,0 +1,620 @@
+"""The workspace's security checklist as named checks over rendered objects.
+
+Pod-level checks run on every pod template, including the ones nested in
+RayCluster/RayJob/RayService/RayCronJob that generic scanners skip, and on the
+autoscaler sidecar KubeRay injects into the head pod (configured through
+``autoscalerOptions``). Namespace-level checks cover Pod Security Admission,
+NetworkPolicies, RBAC, quotas, disruption budgets, volumes and secrets.
+
+Each check has a stable name (see :data:`POD_CHECKS` and :data:`NAMESPACE_CHECKS`)
+and a message saying what is wrong and where.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import yaml
+
+from cluster._internal.autoscaling import parse_quantity
+from cluster._internal.findings import Finding, failed, obj_id, passed
+from cluster._internal.objects import PodTemplate, cluster_specs, job_specs, labels_match, pod_templates
+from workloads.exceptions import ManifestError
+
+logger = logging.getLogger(__name__)
+
+#: Volume types Pod Security Standards "restricted" allows.
+RESTRICTED_VOLUME_TYPES = frozenset(
+    {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+)
+RAY_ROLES = ("ray-head", "ray-worker")
+#: rayStartParams keys that pin a port the NetworkPolicies must allow between Ray pods.
+RAY_PORT_PARAMS = ("node-manager-port", "object-manager-port", "runtime-env-agent-port", "dashboard-agent-grpc-port",
+                   "dashboard-agent-listen-port", "metrics-export-port")
+#: Ports every head listens on by KubeRay default (GCS, dashboard/Jobs API, Ray client).
+HEAD_PORTS = (6379, 8265, 10001)
+DASHBOARD_PORT = 8265
+SERVE_PORT = 8000
+#: What the in-tree autoscaler needs (see rbac.yaml); anything beyond is a finding.
+AUTOSCALER_RULES = {("", "pods"): {"get", "list", "watch"}, ("ray.io", "rayclusters"): {"get", "patch"}}
+
+
+# ------------------------------------------------------------------------- pod checks
+
+
+def _containers_with_sidecar(t: PodTemplate) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Containers of the template plus, for an autoscaling head, the autoscaler sidecar."""
+    for key in ("initContainers", "containers"):
+        for i, c in enumerate(t.spec.get(key) or []):
+            yield f"{key}[{i}]({c.get('name', '?')})", c
+    if t.role == "ray-head" and (t.cluster_spec or {}).get("enableInTreeAutoscaling"):
+        opts = (t.cluster_spec or {}).get("autoscalerOptions") or {}
+        head_image = ((t.spec.get("containers") or [{}])[0]).get("image")
+        yield "autoscaler-sidecar(autoscalerOptions)", {
+            "name": "autoscaler", "image": opts.get("image", head_image),
+            "securityContext": opts.get("securityContext") or {}, "resources": opts.get("resources") or {},
+            "volumeMounts": opts.get("volumeMounts") or [],
+        }
+
+
+def _effective(t: PodTemplate, c: dict[str, Any], key: str) -> Any:
+    sc = c.get("securityContext") or {}
+    if key in sc:
+        return sc[key]
+    return (t.spec.get("securityContext") or {}).get(key)
+
+
+def _check_containers(t: PodTemplate, predicate: Callable[[dict[str, Any]], str | None]) -> list[str]:
+    problems = []
+    for label, c in _containers_with_sidecar(t):
+        why = predicate(c)
+        if why:
+            problems.append(f"{label}: {why}")
+    return problems
+
+
+def check_run_as_non_root(t: PodTemplate) -> list[str]:
+    def pred(c: dict[str, Any]) -> str | None:
+        if _effective(t, c, "runAsNonRoot") is not True:
+            return "runAsNonRoot must be true (pod or container securityContext)"
+        if _effective(t, c, "runAsUser") == 0:
+            return "runAsUser must not be 0 (root)"
+        return None
+
+    return _check_containers(t, pred)
+
+
+def check_no_privilege_escalation(t: PodTemplate) -> list[str]:
+    return _check_containers(
+        t, lambda c: None if (c.get("securityContext") or {}).get("allowPrivilegeEscalation") is False
+        else "securityContext.allowPrivilegeEscalation must be false"
+    )
+
+
+def check_drop_all_capabilities(t: PodTemplate) -> list[str]:
+    def pred(c: dict[str, Any]) -> str | None:
+        caps = (c.get("securityContext") or {}).get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            return "securityContext.capabilities.drop must contain ALL"
+        if caps.get("add"):
+            return f"securityContext.capabilities.add must be empty, has {caps['add']}"
+        return None
+
+    return _check_containers(t, pred)
+
+
+def check_seccomp(t: PodTemplate) -> list[str]:
+    def pred(c: dict[str, Any]) -> str | None:
+        profile = _effective(t, c, "seccompProfile") or {}
+        if profile.get("type") not in ("RuntimeDefault", "Localhost"):
+            return "seccompProfile.type must be RuntimeDefault (pod or container securityContext)"
+        return None
+
+    return _check_containers(t, pred)
+
+
+def check_read_only_root(t: PodTemplate) -> list[str]:
+    return _check_containers(
+        t, lambda c: None if (c.get("securityContext") or {}).get("readOnlyRootFilesystem") is True
+        else "securityContext.readOnlyRootFilesystem must be true (mount emptyDir volumes where it writes)"
+    )
+
+
+def check_no_privileged(t: PodTemplate) -> list[str]:
+    problems = [f"spec.{k} must not be true" for k in ("hostNetwork", "hostPID", "hostIPC") if t.spec.get(k)]
+    problems += [f"volume {v.get('name')} is a hostPath" for v in t.spec.get("volumes") or [] if "hostPath" in v]
+
+    def pred(c: dict[str, Any]) -> str | None:
+        if (c.get("securityContext") or {}).get("privileged"):
+            return "securityContext.privileged must not be true"
+        if any(p.get("hostPort") for p in c.get("ports") or []):
+            return "ports must not set hostPort"
+        return None
+
+    return problems + _check_containers(t, pred)
+
+
+def check_resources(t: PodTemplate) -> list[str]:
+    def pred(c: dict[str, Any]) -> str | None:
+        res = c.get("resources") or {}
+        missing = [f"{kind}.{r}" for kind in ("requests", "limits") for r in ("cpu", "memory") if r not in (res.get(kind) or {})]
+        return f"resources must set {', '.join(missing)}" if missing else None
+
+    return _check_containers(t, pred)
+
+
+def check_memory_equal(t: PodTemplate) -> list[str]:
+    def pred(c: dict[str, Any]) -> str | None:
+        res = c.get("resources") or {}
+        req, lim = (res.get("requests") or {}).get("memory"), (res.get("limits") or {}).get("memory")
+        if req is None or lim is None:
+            return "memory request and limit must both be set"
+        if parse_quantity(str(req)) != parse_quantity(str(lim)):
+            return f"memory request {req} must equal the limit {lim} (Ray sizes its object store from the limit; a lower request invites OOM kills)"
+        return None
+
+    return _check_containers(t, pred)
+
+
+def check_image_pinned(t: PodTemplate) -> list[str]:
+    def pred(c: dict[str, Any]) -> str | None:
+        image = str(c.get("image") or "")
+        if "@sha256:" in image:
+            return None
+        last = image.rsplit("/", 1)[-1]
+        if ":" not in last:
+            return f"image {image!r} has no tag"
+        if last.rsplit(":", 1)[-1] in ("latest", "nightly"):
+            return f"image {image!r} uses a moving tag"
+        return None
+
+    return _check_containers(t, pred)
+
+
+def check_volume_types(t: PodTemplate) -> list[str]:
+    problems = []
+    for v in t.spec.get("volumes") or []:
+        kinds = [k for k in v if k != "name"]
+        bad = [k for k in kinds if k not in RESTRICTED_VOLUME_TYPES]
+        if bad:
+            problems.append(f"volume {v.get('name')} is of type {bad[0]}, not allowed by the restricted profile")
+    return problems
+
+
+def _token_volumes(t: PodTemplate) -> set[str]:
+    out = set()
+    for v in t.spec.get("volumes") or []:
+        sources = (v.get("projected") or {}).get("sources") or []
+        if any("serviceAccountToken" in s for s in sources):
+            out.add(v.get("name"))
+    return out
+
+
+def check_service_account(t: PodTemplate) -> list[str]:
+    problems = []
+    sa = t.spec.get("serviceAccountName")
+    if not sa or sa == "default":
+        problems.append("serviceAccountName must name the role's own ServiceAccount, not default")
+    if t.spec.get("automountServiceAccountToken") is not False:
+        problems.append("automountServiceAccountToken must be false (mount a projected token only where needed)")
+    token_vols = _token_volumes(t)
+    for key in ("initContainers", "containers"):
+        for c in t.spec.get(key) or []:
+            leaked = [m.get("name") for m in c.get("volumeMounts") or [] if m.get("name") in token_vols]
+            if leaked:
+                problems.append(f"container {c.get('name')} mounts the service-account token volume {leaked}; only the autoscaler may")
+    if token_vols and t.role != "ray-head":
+        problems.append(f"only the Ray head (for its autoscaler) may carry a service-account token volume, found {sorted(token_vols)}")
+    return problems
+
+
+def check_ray_writable_tmp(t: PodTemplate) -> list[str]:
+    if t.role not in RAY_ROLES:
+        return []
+    ray = (t.spec.get("containers") or [{}])[0]
+    empty_dirs = {v.get("name") for v in t.spec.get("volumes") or [] if "emptyDir" in v}
+    mounts = {m.get("mountPath"): m for m in ray.get("volumeMounts") or []}
+    problems = []
+    for path in ("/tmp/ray", "/tmp", "/dev/shm"):
+        m = mounts.get(path)
+        if m is None or m.get("name") not in empty_dirs or m.get("readOnly"):
+            problems.append(f"the Ray container needs a writable emptyDir at {path} (read-only root filesystem)")
+    return problems
+
+
+#: Pod-level checks: name -> (function, what passing means).
+POD_CHECKS: dict[str, tuple[Callable[[PodTemplate], list[str]], str]] = {
+    "run-as-non-root": (check_run_as_non_root, "every container runs as a non-root user"),
+    "no-privilege-escalation": (check_no_privilege_escalation, "allowPrivilegeEscalation: false everywhere"),
+    "drop-all-capabilities": (check_drop_all_capabilities, "ALL capabilities dropped, none added"),
+    "seccomp-runtime-default": (check_seccomp, "seccomp profile RuntimeDefault"),
+    "read-only-root-filesystem": (check_read_only_root, "read-only root filesystem everywhere"),
+    "no-host-access": (check_no_privileged, "no privileged containers, host namespaces, hostPath or hostPort"),
+    "resources-set": (check_resources, "CPU and memory requests and limits on every container"),
+    "memory-requests-equal-limits": (check_memory_equal, "memory requests equal limits"),
+    "image-pinned": (check_image_pinned, "every image pinned by tag or digest"),
+    "restricted-volume-types": (check_volume_types, "only volume types the restricted profile allows"),
+    "service-account-token": (check_service_account, "own ServiceAccount, no automounted token"),
+    "ray-writable-tmp": (check_ray_writable_tmp, "Ray's writable paths are emptyDir volumes"),
+}
+
+
+def pod_findings(objects: list[dict[str, Any]]) -> list[Finding]:
+    """Run every pod-level check on every pod template."""
+    findings = []
+    for obj in objects:
+        for t in pod_templates(obj):
+            for name, (fn, ok_text) in POD_CHECKS.items():
+                problems = fn(t)
+                if name == "ray-writable-tmp" and t.role not in RAY_ROLES:
+                    continue
+                findings.append(failed(name, t.where, "; ".join(problems)) if problems else passed(name, t.where, ok_text))
+    return findings
+
+
+# ------------------------------------------------------------------- namespace checks
+
+
+def _of(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o.get("kind") == kind]
+
+
+def _labels(t: PodTemplate) -> dict[str, str]:
+    return (t.template.get("metadata") or {}).get("labels") or {}
+
+
+def check_namespace_psa(objects: list[dict[str, Any]]) -> list[Finding]:
+    out = []
+    namespaces = _of(objects, "Namespace")
+    if not namespaces:
+        return [failed("namespace-pss-restricted", "(all)", "no Namespace object: the PSA labels would be missing")]
+    for ns in namespaces:
+        labels = (ns.get("metadata") or {}).get("labels") or {}
+        missing = [f"pod-security.kubernetes.io/{m}=restricted" for m in ("enforce", "audit", "warn")
+                   if labels.get(f"pod-security.kubernetes.io/{m}") != "restricted"]
+        out.append(failed("namespace-pss-restricted", obj_id(ns), f"labels missing: {', '.join(missing)}") if missing
+                   else passed("namespace-pss-restricted", obj_id(ns), "Pod Security Admission enforces, audits and warns on restricted"))
+    return out
+
+
+def _policies(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return _of(objects, "NetworkPolicy")
+
+
+def _port_allowed(rule_ports: list[dict[str, Any]] | None, port: int) -> bool:
+    if not rule_ports:
+        return True  # a rule without ports allows every port
+    for p in rule_ports:
+        lo = p.get("port")
+        if lo is None:
+            return True
+        if isinstance(lo, int) and (lo == port or (p.get("endPort") and lo <= port <= int(p["endPort"]))):
+            return True
+    return False
+
+
+def _peer_selects(peer: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Same-namespace pod peer that selects ``labels``."""
+    return "namespaceSelector" not in peer and "ipBlock" not in peer and labels_match(peer.get("podSelector"), labels)
+
+
+def allowed(objects: list[dict[str, Any]], src: dict[str, str], dst: dict[str, str], port: int) -> bool:
+    """Whether the NetworkPolicies let a pod labelled ``src`` reach ``dst`` on ``port`` (same namespace)."""
+    pols = _policies(objects)
+
+    def ingress_ok() -> bool:
+        applying = [p for p in pols if labels_match(p["spec"].get("podSelector"), dst) and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])]
+        if not applying:
+            return True
+        return any(_port_allowed(r.get("ports"), port) and any(_peer_selects(pe, src) for pe in r.get("from") or [])
+                   for p in applying for r in p["spec"].get("ingress") or [])
+
+    def egress_ok() -> bool:
+        applying = [p for p in pols if labels_match(p["spec"].get("podSelector"), src) and "Egress" in p["spec"].get("policyTypes", [])]
+        if not applying:
+            return True
+        return any(_port_allowed(r.get("ports"), port) and any(_peer_selects(pe, dst) for pe in r.get("to") or [])
+                   for p in applying for r in p["spec"].get("egress") or [])
+
+    return ingress_ok() and egress_ok()
+
+
+def check_default_deny(objects: list[dict[str, Any]]) -> list[Finding]:
+    for p in _policies(objects):
+        spec = p.get("spec") or {}
+        if spec.get("podSelector") == {} and set(spec.get("policyTypes") or []) == {"Ingress", "Egress"} \
+                and not spec.get("ingress") and not spec.get("egress"):
+            return [passed("network-default-deny", obj_id(p), "all ingress and egress denied unless allowed")]
+    return [failed("network-default-deny", "(all)", "no NetworkPolicy with podSelector {} denying both Ingress and Egress")]
+
+
+def _ray_ports(t: PodTemplate) -> list[int]:
+    params = (t.group or {}).get("rayStartParams") or {}
+    ports = [int(params[k]) for k in RAY_PORT_PARAMS if k in params]
+    if "min-worker-port" in params and "max-worker-port" in params:
+        ports += [int(params["min-worker-port"]), int(params["max-worker-port"])]
+    if t.role == "ray-head":
+        ports += list(HEAD_PORTS)
+    return ports
+
+
+def check_ray_network(objects: list[dict[str, Any]]) -> list[Finding]:
+    """Ray's pinned ports are pinned everywhere and allowed between every pair of Ray pods."""
+    out = []
+    ray_pods = [t for o in objects for t in pod_templates(o) if t.role in RAY_ROLES]
+    for t in ray_pods:
+        params = (t.group or {}).get("rayStartParams") or {}
+        problems = [f"rayStartParams.{k} is not pinned (NetworkPolicies need fixed ports)"
+                    for k in (*RAY_PORT_PARAMS, "min-worker-port", "max-worker-port") if k not in params]
+        for port in _ray_ports(t):
+            for peer in ray_pods:
+                if not allowed(objects, _labels(peer), _labels(t), port):
+                    problems.append(f"port {port} not allowed from {peer.where}")
+                    break
+        out.append(failed("network-ray-ports", t.where, "; ".join(problems)) if problems
+                   else passed("network-ray-ports", t.where, f"pinned Ray ports {sorted(set(_ray_ports(t)))} open to every Ray pod"))
+    return out
+
+
+def check_dashboard_scope(objects: list[dict[str, Any]]) -> list[Finding]:
+    """The dashboard/Jobs port is open only inside the namespace (plus the KubeRay operator)."""
+    problems = []
+    for p in _policies(objects):
+        for r in (p.get("spec") or {}).get("ingress") or []:
+            if not _port_allowed(r.get("ports"), DASHBOARD_PORT):
+                continue
+            for peer in r.get("from") or [{}]:
+                if "ipBlock" in peer:
+                    problems.append(f"{obj_id(p)} opens {DASHBOARD_PORT} to an ipBlock")
+                elif "namespaceSelector" in peer:
+                    sel = (peer.get("namespaceSelector") or {}).get("matchLabels") or {}
+                    pod = (peer.get("podSelector") or {}).get("matchLabels") or {}
+                    if pod.get("app.kubernetes.io/name") != "kuberay-operator" or not sel:
+                        problems.append(f"{obj_id(p)} opens {DASHBOARD_PORT} to another namespace ({sel or 'any'})")
+            if not r.get("from"):
+                problems.append(f"{obj_id(p)} opens {DASHBOARD_PORT} to every source")
+    if problems:
+        return [failed("network-dashboard-in-namespace", "(all)", "; ".join(problems))]
+    return [passed("network-dashboard-in-namespace", "(all)", f"port {DASHBOARD_PORT} reachable only from this namespace and the KubeRay operator")]
+
+
+def check_serve_ingress(objects: list[dict[str, Any]]) -> list[Finding]:
+    for p in _policies(objects):
+        for r in (p.get("spec") or {}).get("ingress") or []:
+            if r.get("ports") and _port_allowed(r.get("ports"), SERVE_PORT) and \
+                    any("namespaceSelector" in peer and (peer["namespaceSelector"] or {}).get("matchLabels") for peer in r.get("from") or []):
+                return [passed("network-serve-from-ingress", obj_id(p), f"Serve port {SERVE_PORT} open to a selected ingress namespace")]
+    return [failed("network-serve-from-ingress", "(all)", f"no NetworkPolicy opens Serve's port {SERVE_PORT} to an ingress namespace selector")]
+
+
+def check_pods_covered(objects: list[dict[str, Any]]) -> list[Finding]:
+    """Every pod has DNS and at least one allow rule (else default-deny isolates it completely)."""
+    out = []
+    for obj in objects:
+        for t in pod_templates(obj):
+            labels = _labels(t)
+            applying = [p for p in _policies(objects) if labels_match((p.get("spec") or {}).get("podSelector"), labels)]
+            dns = any(_port_allowed(r.get("ports"), 53) and r.get("to") and r.get("ports")
+                      for p in applying for r in (p.get("spec") or {}).get("egress") or [])
+            allows = [p for p in applying if (p.get("spec") or {}).get("ingress") or (p.get("spec") or {}).get("egress")]
+            if not dns or len(allows) < 2:
+                out.append(failed("network-pod-covered", t.where,
+                                  f"labels {labels} are selected by {[obj_id(p) for p in allows]}: needs DNS egress and its own allow rules"))
+            else:
+                out.append(passed("network-pod-covered", t.where, f"allowed by {len(allows)} NetworkPolicies, DNS included"))
+    return out
+
+
+def check_rbac(objects: list[dict[str, Any]]) -> list[Finding]:
+    out = []
+    for kind in ("ClusterRole", "ClusterRoleBinding"):
+        for o in _of(objects, kind):
+            out.append(failed("rbac-least-privilege", obj_id(o), f"{kind} grants cluster-wide access; use a namespaced Role"))
+    for role in _of(objects, "Role"):
+        problems = []
+        for rule in role.get("rules") or []:
+            for group in rule.get("apiGroups") or []:
+                for res in rule.get("resources") or []:
+                    verbs = set(rule.get("verbs") or [])
+                    allowed_verbs = AUTOSCALER_RULES.get((group, res))
+                    if "*" in verbs or res == "*" or group == "*":
+                        problems.append(f"wildcard in {group}/{res} {sorted(verbs)}")
+                    elif allowed_verbs is None:
+                        problems.append(f"{group or 'core'}/{res} is not needed by the autoscaler")
+                    elif not verbs <= allowed_verbs:
+                        problems.append(f"{group or 'core'}/{res} verbs {sorted(verbs - allowed_verbs)} are not needed")
+        out.append(failed("rbac-least-privilege", obj_id(role), "; ".join(problems)) if problems
+                   else passed("rbac-least-privilege", obj_id(role), "only what the in-tree autoscaler calls"))
+    sas = {(o.get("metadata") or {}).get("name") for o in _of(objects, "ServiceAccount")}
+    for rb in _of(objects, "RoleBinding"):
+        missing = [s.get("name") for s in rb.get("subjects") or [] if s.get("kind") == "ServiceAccount" and s.get("name") not in sas]
+        out.append(failed("rbac-binding-subjects", obj_id(rb), f"binds unknown ServiceAccounts {missing}") if missing
+                   else passed("rbac-binding-subjects", obj_id(rb), "binds only this workspace's ServiceAccounts"))
+    for sa in _of(objects, "ServiceAccount"):
+        out.append(passed("serviceaccount-no-automount", obj_id(sa), "does not automount a token")
+                   if sa.get("automountServiceAccountToken") is False
+                   else failed("serviceaccount-no-automount", obj_id(sa), "automountServiceAccountToken must be false"))
+    used = {t.spec.get("serviceAccountName") for o in objects for t in pod_templates(o)}
+    for name in sorted(n for n in used if n and n not in sas):
+        out.append(failed("serviceaccount-exists", name, f"pods use ServiceAccount {name!r}, which the overlay does not create"))
+    return out
+
+
+def _max_footprint(obj: dict[str, Any]) -> dict[str, float]:
+    """Largest CPU/memory/GPU limits one object's pods can reach (every group at maxReplicas)."""
+    total: dict[str, float] = {}
+
+    def add(res: dict[str, Any], n: int) -> None:
+        for key, q in ((res or {}).get("limits") or {}).items():
+            total[key] = total.get(key, 0.0) + parse_quantity(str(q)) * n
+
+    for _, cspec in cluster_specs(obj):
+        head = cspec.get("headGroupSpec") or {}
+        for c in (head.get("template") or {}).get("spec", {}).get("containers") or []:
+            add(c.get("resources"), 1)
+        if cspec.get("enableInTreeAutoscaling"):
+            add((cspec.get("autoscalerOptions") or {}).get("resources"), 1)
+        for g in cspec.get("workerGroupSpecs") or []:
+            for c in (g.get("template") or {}).get("spec", {}).get("containers") or []:
+                add(c.get("resources"), int(g.get("maxReplicas", 0)) * int(g.get("numOfHosts", 1) or 1))
+    for _, jspec in job_specs(obj):
+        for c in ((jspec.get("submitterPodTemplate") or {}).get("spec") or {}).get("containers") or []:
+            add(c.get("resources"), 1)
+    return total
+
+
+def check_quota(objects: list[dict[str, Any]]) -> list[Finding]:
+    quotas = _of(objects, "ResourceQuota")
+    out = []
+    if not quotas:
+        out.append(failed("quota-present", "(all)", "no ResourceQuota"))
+    if not _of(objects, "LimitRange"):
+        out.append(failed("limitrange-present", "(all)", "no LimitRange"))
+    else:
+        out.append(passed("limitrange-present", obj_id(_of(objects, "LimitRange")[0]), "containers without resources get defaults"))
+    if not quotas:
+        return out
+    hard = {k: parse_quantity(str(v)) for k, v in ((quotas[0].get("spec") or {}).get("hard") or {}).items()}
+    for obj in objects:
+        if not list(cluster_specs(obj)):
+            continue
+        need = _max_footprint(obj)
+        problems = []
+        for res, amount in need.items():
+            key = f"limits.{res}" if res in ("cpu", "memory") else f"requests.{res}"
+            if key not in hard:
+                problems.append(f"quota has no {key} (the object needs {amount:g})")
+            elif amount > hard[key] + 1e-9:
+                problems.append(f"{key}: needs {amount:g} at maxReplicas, quota allows {hard[key]:g}")
+        summary = ", ".join(f"{k}={v:g}" for k, v in sorted(need.items()))
+        out.append(failed("quota-fits-max-scale", obj_id(obj), "; ".join(problems)) if problems
+                   else passed("quota-fits-max-scale", obj_id(obj), f"at maxReplicas needs {summary}, within {obj_id(quotas[0])}"))
+    return out
+
+
+def check_pdb(objects: list[dict[str, Any]]) -> list[Finding]:
+    out = []
+    pdbs = _of(objects, "PodDisruptionBudget")
+    for svc in _of(objects, "RayService"):
+        for t in pod_templates(svc):
+            if t.role != "ray-worker":
+                continue
+            hit = [p for p in pdbs if labels_match((p.get("spec") or {}).get("selector"), _labels(t))]
+            out.append(passed("pdb-serve-workers", t.where, f"covered by {obj_id(hit[0])}") if hit
+                       else failed("pdb-serve-workers", t.where, "no PodDisruptionBudget selects the Serve worker pods"))
+    return out
+
+
+def check_volumes_exist(objects: list[dict[str, Any]]) -> list[Finding]:
+    claims = {(o.get("metadata") or {}).get("name") for o in _of(objects, "PersistentVolumeClaim")}
+    out = []
+    for obj in objects:
+        for t in pod_templates(obj):
+            missing = [v["persistentVolumeClaim"].get("claimName") for v in t.spec.get("volumes") or []
+                       if "persistentVolumeClaim" in v and v["persistentVolumeClaim"].get("claimName") not in claims]
+            if missing:
+                out.append(failed("pvc-exists", t.where, f"claims {missing} are not in the overlay"))
+    if not out:
+        out.append(passed("pvc-exists", "(all)", f"every claim a pod mounts is created: {sorted(c for c in claims if c)}"))
+    return out
+
+
+def check_no_secrets(objects: list[dict[str, Any]]) -> list[Finding]:
+    problems = []
+    for o in _of(objects, "Secret"):
+        if o.get("data") or o.get("stringData"):
+            problems.append(f"{obj_id(o)} carries secret data in the repository")
+    sensitive = ("PASSWORD", "TOKEN", "SECRET", "KEY")
+    for obj in objects:
+        for t in pod_templates(obj):
+            for label, c in _containers_with_sidecar(t):
+                for env in c.get("env") or []:
+                    if any(s in str(env.get("name", "")).upper() for s in sensitive) and "value" in env:
+                        problems.append(f"{t.where} {label} env {env['name']} has a literal value; use valueFrom.secretKeyRef")
+        for _, cspec in cluster_specs(obj):
+            pw = ((cspec.get("gcsFaultToleranceOptions") or {}).get("redisPassword") or {})
+            if pw.get("value"):
+                problems.append(f"{obj_id(obj)} gcsFaultToleranceOptions.redisPassword.value is a literal")
+    return [failed("no-secrets-in-manifests", "(all)", "; ".join(problems))] if problems else [
+        passed("no-secrets-in-manifests", "(all)", "no Secret data or literal credentials in the manifests")]
+
+
+def check_serve_ha(objects: list[dict[str, Any]]) -> list[Finding]:
+    """In an overlay with GCS fault tolerance, Serve runs >= 2 replicas on different nodes."""
+    out = []
+    for svc in _of(objects, "RayService"):
+        cspec = (svc.get("spec") or {}).get("rayClusterConfig") or {}
+        if not cspec.get("gcsFaultToleranceOptions"):
+            continue
+        oid = obj_id(svc)
+        problems, warnings = [], []
+        for g in cspec.get("workerGroupSpecs") or []:
+            if int(g.get("minReplicas", 0)) < 2:
+                problems.append(f"worker group {g.get('groupName')} minReplicas {g.get('minReplicas', 0)} < 2")
+            spread = (g.get("template") or {}).get("spec", {}).get("topologySpreadConstraints") or []
+            affinity = (g.get("template") or {}).get("spec", {}).get("affinity", {}).get("podAntiAffinity")
+            if not any(c.get("topologyKey") == "kubernetes.io/hostname" for c in spread) and not affinity:
+                problems.append(f"worker group {g.get('groupName')} does not spread pods across nodes")
+        conf = yaml.safe_load((svc.get("spec") or {}).get("serveConfigV2") or "") or {}
+        for app in conf.get("applications") or []:
+            deps = app.get("deployments") or []
+            if not deps:
+                warnings.append(f"application {app.get('name')!r} lists no deployments in serve/config.yaml, so the "
+                                "replica count and max_replicas_per_node cannot be set here (the code's defaults apply)")
+            for d in deps:
+                n = d.get("num_replicas")
+                lo = (d.get("autoscaling_config") or {}).get("min_replicas") if isinstance(d.get("autoscaling_config"), dict) else None
+                if (lo if lo is not None else (n if isinstance(n, int) else 1)) < 2:
+                    problems.append(f"deployment {d.get('name')} has fewer than 2 replicas")
+                if d.get("max_replicas_per_node") != 1:
+                    problems.append(f"deployment {d.get('name')} lacks max_replicas_per_node: 1")
+        if problems:
+            out.append(failed("serve-ha-replicas", oid, "; ".join(problems)))
+        elif warnings:
+            out.append(failed("serve-ha-replicas", oid, "; ".join(warnings), severity="warning"))
+        else:
+            out.append(passed("serve-ha-replicas", oid, "Serve workers >= 2, spread by hostname, replicas at most one per node"))
+    return out
+
+
+def check_serve_sync() -> list[Finding]:
+    from cluster._internal import serve_sync
+
+    try:
+        stale = serve_sync.out_of_sync()
+    except ManifestError as e:
+        return [failed("serve-config-in-sync", "RayService", str(e))]
+    if stale:
+        names = ", ".join(str(p.relative_to(serve_sync.CLUSTER_DIR.parent)) for p in stale)
+        return [failed("serve-config-in-sync", "RayService",
+                       f"{names} differ from serve/config.yaml; run `{serve_sync.FIX_COMMAND}`")]
+    return [passed("serve-config-in-sync", "RayService", "serveConfigV2 (base and ha) matches serve/config.yaml")]
+
+
+#: Namespace-level checks, by name.
+NAMESPACE_CHECKS: dict[str, Callable[[list[dict[str, Any]]], list[Finding]]] = {
+    "namespace-pss-restricted": check_namespace_psa,
+    "network-default-deny": check_default_deny,
+    "network-ray-ports": check_ray_network,
+    "network-dashboard-in-namespace": check_dashboard_scope,
+    "network-serve-from-ingress": check_serve_ingress,
+    "network-pod-covered": check_pods_covered,
+    "rbac-least-privilege": check_rbac,
+    "quota-fits-max-scale": check_quota,
+    "pdb-serve-workers": check_pdb,
+    "pvc-exists": check_volumes_exist,
+    "no-secrets-in-manifests": check_no_secrets,
+    "serve-ha-replicas": check_serve_ha,
+}
+
+
+def policy_findings(objects: list[dict[str, Any]], *, include_sync: bool = True) -> list[Finding]:
+    """Every pod-level and namespace-level check on a rendered overlay."""
+    findings = pod_findings(objects)
+    for fn in NAMESPACE_CHECKS.values():
+        findings.extend(fn(objects))
+    if include_sync and any(o.get("kind") == "RayService" for o in objects):
+        findings.extend(check_serve_sync())
+    return findings
