@@ -370,7 +370,9 @@ def synth(lake: str, rows: int, *, seed: int = 0, chunk_rows: int = _CHUNK_ROWS,
             for k in (0, 1):
                 idx = np.flatnonzero(y == k)
                 mean, cov = params[k]
-                x[idx] = np.expm1(rng.multivariate_normal(mean, cov, size=len(idx), method="cholesky"))
+                draws = rng.multivariate_normal(mean, cov, size=len(idx), method="cholesky")
+                # Measurements are non-negative; concavity features sit at 0 for many real patients.
+                x[idx] = np.clip(np.expm1(draws), 0.0, None)
             df = pd.DataFrame(x, columns=list(FEATURE_NAMES))
             df.insert(0, ID_COLUMN, [f"synth-{seed}-{i:09d}" for i in range(done, done + n)])
             df[LABEL_COLUMN] = y
