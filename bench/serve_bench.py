@@ -168,7 +168,8 @@ def _prepare_registry(root: Path) -> None:
     promote(RegistryConfig(path=str(root / "models"), model_name=MODEL), ckpt, {"test_roc_auc": 0.95})
 
 
-def _start(target: str, port: int, registry: Path, workdir: Path, replica_cpus: float) -> subprocess.Popen:
+def _start(target: str, port: int, registry: Path, workdir: Path, replica_cpus: float,
+           serve_set: list[str]) -> subprocess.Popen:
     env = dict(os.environ, RAYSPACE_REGISTRY=str(registry), RAYSPACE_MODEL=MODEL, PYTHONPATH=str(REPO))
     log = open(workdir / f"{target}.log", "wb")
     if target == "uvicorn":
@@ -180,7 +181,7 @@ def _start(target: str, port: int, registry: Path, workdir: Path, replica_cpus: 
         cmd = [sys.executable, "-m", "workloads.cli", "serve", "--registry", str(registry), "--port", str(port),
                "--ingress", ingress, "--set", "serve.max_replicas=1", "--set", "serve.min_replicas=1",
                "--set", f"serve.replica_cpus={replica_cpus}", "--set", "serve.max_ongoing_requests=256",
-               "--set", "serve.reload_poll_s=0"]
+               "--set", "serve.reload_poll_s=0", *[a for kv in serve_set for a in ("--set", kv)]]
     return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -192,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--replica-cpus", type=float, default=1.0)
+    ap.add_argument("--serve-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra --set for the Serve targets, e.g. serve.batch_wait_timeout_s=0.002")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "serve.json"))
     args = ap.parse_args(argv)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         for target in targets:
             port = _free_port()
             print(f"[{target}] starting on 127.0.0.1:{port} ...", flush=True)
-            proc = _start(target, port, work / "models", work, args.replica_cpus)
+            proc = _start(target, port, work / "models", work, args.replica_cpus, args.serve_set)
             try:
                 t0 = time.monotonic()
                 _wait_healthy(port, proc, timeout_s=240)
@@ -239,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "settings": {"requests": args.requests, "duration_s": args.duration, "concurrency": args.concurrency,
-                     "warmup": args.warmup, "instances_per_request": 1, "replica_cpus": args.replica_cpus},
+                     "warmup": args.warmup, "instances_per_request": 1, "replica_cpus": args.replica_cpus,
+                     "serve_set": args.serve_set},
         "results": results,
         "rps_ratio_vs_uvicorn": ratios,
     }

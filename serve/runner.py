@@ -54,10 +54,24 @@ def ray_env(ingress: str = "haproxy") -> dict[str, str]:
             # replica's main loop (no thread hop per request), no per-request stderr logs, frozen GC.
             "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+            # HAProxy always opens a stats page and a metrics endpoint, on fixed ports (8404, 9101) of
+            # every interface; free ports keep two local Serve instances (or a stray one) from colliding.
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+            # HAProxy's default of 4 threads competes with the replica for cores on a small machine.
+            "RAY_SERVE_HAPROXY_NBTHREAD": str(max(1, min(4, (os.cpu_count() or 2) // 2))),
+            "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
         }
     if ingress == "proxy":
         return {}
     raise ServeError(f'Got "{ingress}" for serve.ingress: must be "haproxy" or "proxy"')
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def endpoint_url(host: str, port: int, route_prefix: str = "/") -> str:
@@ -159,7 +173,9 @@ def start(
             from workloads.runtime import init_local_ray
 
             # Serve reads its ingress flags at import time in Ray's own processes: set them before Ray starts.
-            os.environ.update(ray_env(cfg.serve.ingress))
+            # A value already in the environment wins, so operators can tune any of them.
+            for key, value in ray_env(cfg.serve.ingress).items():
+                os.environ.setdefault(key, value)
             kwargs: dict[str, Any] = {"logging_level": "WARNING"}
             kwargs.update(ray_init_kwargs or {})
             init_local_ray(**kwargs)  # loopback only, no dashboard
