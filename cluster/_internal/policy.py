@@ -593,9 +593,21 @@ def check_serve_sync() -> list[Finding]:
     return [passed("serve-config-in-sync", "RayService", "serveConfigV2 (base and ha) matches serve/config.yaml")]
 
 
+def check_namespaced(objects: list[dict[str, Any]]) -> list[Finding]:
+    """Every namespaced object lands in the workspace namespace (an overlay's own files too)."""
+    from cluster._internal.kustomize import CLUSTER_SCOPED_KINDS
+
+    names = {(o.get("metadata") or {}).get("name") for o in _of(objects, "Namespace")}
+    stray = [f"{obj_id(o)} in {(o.get('metadata') or {}).get('namespace')!r}" for o in objects
+             if o.get("kind") not in CLUSTER_SCOPED_KINDS and (o.get("metadata") or {}).get("namespace") not in names]
+    return [failed("objects-in-namespace", "(all)", f"not in the workspace namespace {sorted(n for n in names if n)}: {stray}")] if stray \
+        else [passed("objects-in-namespace", "(all)", f"every namespaced object is in {sorted(n for n in names if n)}")]
+
+
 #: Namespace-level checks, by name.
 NAMESPACE_CHECKS: dict[str, Callable[[list[dict[str, Any]]], list[Finding]]] = {
     "namespace-pss-restricted": check_namespace_psa,
+    "objects-in-namespace": check_namespaced,
     "network-default-deny": check_default_deny,
     "network-ray-ports": check_ray_network,
     "network-dashboard-in-namespace": check_dashboard_scope,
