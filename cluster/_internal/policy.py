@@ -587,7 +587,8 @@ def check_serve_sync() -> list[Finding]:
     except ManifestError as e:
         return [failed("serve-config-in-sync", "RayService", str(e))]
     if stale:
-        names = ", ".join(str(p.relative_to(serve_sync.CLUSTER_DIR.parent)) for p in stale)
+        root = serve_sync.CLUSTER_DIR.parent
+        names = ", ".join(str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in stale)
         return [failed("serve-config-in-sync", "RayService",
                        f"{names} differ from serve/config.yaml; run `{serve_sync.FIX_COMMAND}`")]
     return [passed("serve-config-in-sync", "RayService", "serveConfigV2 (base and ha) matches serve/config.yaml")]

@@ -1,0 +1,231 @@
+"""The security checklist: every named check passes on the overlays and fails, with a clear message, when broken.
+
+Also runs checkov (when installed) on the core resources, which it can read; it skips
+custom resources, which is why the policy checks walk the KubeRay pod templates.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cluster import manifests
+from cluster._internal import policy, serve_sync
+from cluster._internal.objects import pod_templates
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    return {o: manifests.render(o) for o in manifests.OVERLAYS}
+
+
+@pytest.mark.parametrize("overlay", manifests.OVERLAYS)
+def test_every_overlay_passes_the_checklist(rendered, overlay):
+    findings = policy.policy_findings(rendered[overlay])
+    errors = [f"{f.check} {f.obj}: {f.message}" for f in findings if not f.ok and f.severity == "error"]
+    assert not errors, "\n".join(errors)
+    assert set(policy.POD_CHECKS) | {"namespace-pss-restricted", "network-default-deny", "network-ray-ports",
+                                    "network-dashboard-in-namespace", "network-serve-from-ingress", "rbac-least-privilege",
+                                    "quota-fits-max-scale", "pdb-serve-workers", "serve-config-in-sync"} <= {f.check for f in findings}
+
+
+def test_checks_reach_every_pod_template_nested_in_kuberay_kinds(rendered):
+    where = {t.where for o in rendered["gpu"] for t in pod_templates(o)}
+    assert "RayCronJob/rayspace-retrain:spec.jobTemplate.rayClusterSpec.workerGroupSpecs[1].template" in where
+    assert "RayJob/rayspace-pipeline:spec.submitterPodTemplate" in where
+    assert "RayService/rayspace-serve:spec.rayClusterConfig.headGroupSpec.template" in where
+    checked = {f.obj for f in policy.pod_findings(rendered["gpu"]) if f.check == "read-only-root-filesystem"}
+    assert where <= checked
+    # 4 Ray objects x (head + workers) + 2 submitters; gpu adds a group to RayCluster, RayJob and RayCronJob.
+    assert len(where) == 4 * 2 + 3 + 2
+
+
+def _rc(objects):
+    return manifests.find(objects, "RayCluster")
+
+
+def _head(objects):
+    return _rc(objects)["spec"]["headGroupSpec"]["template"]["spec"]
+
+
+def _worker(objects):
+    return _rc(objects)["spec"]["workerGroupSpecs"][0]["template"]["spec"]
+
+
+BREAKAGES: dict[str, tuple[Callable[[list[dict]], None], str]] = {
+    "run-as-non-root": (lambda o: _worker(o)["securityContext"].pop("runAsNonRoot") and
+                        _worker(o)["containers"][0]["securityContext"].pop("runAsNonRoot"),
+                        "containers[0](ray-worker): runAsNonRoot must be true"),
+    "no-privilege-escalation": (lambda o: _head(o)["containers"][0]["securityContext"].update(allowPrivilegeEscalation=True),
+                                "containers[0](ray-head): securityContext.allowPrivilegeEscalation must be false"),
+    "drop-all-capabilities": (lambda o: _worker(o)["containers"][0]["securityContext"]["capabilities"].update(add=["NET_ADMIN"]),
+                              "capabilities.add must be empty, has ['NET_ADMIN']"),
+    "seccomp-runtime-default": (lambda o: _head(o)["securityContext"].pop("seccompProfile")
+                                and _head(o)["containers"][0]["securityContext"].pop("seccompProfile"),
+                                "containers[0](ray-head): seccompProfile.type must be RuntimeDefault"),
+    "read-only-root-filesystem": (lambda o: _rc(o)["spec"]["autoscalerOptions"]["securityContext"].update(readOnlyRootFilesystem=False),
+                                  "autoscaler-sidecar(autoscalerOptions): securityContext.readOnlyRootFilesystem must be true"),
+    "no-host-access": (lambda o: _worker(o)["volumes"].append({"name": "host", "hostPath": {"path": "/"}}),
+                       "volume host is a hostPath"),
+    "resources-set": (lambda o: _head(o)["containers"][0]["resources"].pop("limits"),
+                      "resources must set limits.cpu, limits.memory"),
+    "memory-requests-equal-limits": (lambda o: _worker(o)["containers"][0]["resources"]["requests"].update(memory="1Gi"),
+                                     "memory request 1Gi must equal the limit 3Gi"),
+    "image-pinned": (lambda o: _worker(o)["containers"][0].update(image="rayproject/ray:latest"),
+                     "image 'rayproject/ray:latest' uses a moving tag"),
+    "restricted-volume-types": (lambda o: _worker(o)["volumes"].append({"name": "nfs", "nfs": {"server": "x", "path": "/"}}),
+                                "volume nfs is of type nfs"),
+    "service-account-token": (lambda o: _head(o)["containers"][0]["volumeMounts"].append(
+                                  {"name": "autoscaler-token", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}),
+                              "container ray-head mounts the service-account token volume ['autoscaler-token']"),
+    "ray-writable-tmp": (lambda o: _worker(o)["containers"][0].update(volumeMounts=[
+                             m for m in _worker(o)["containers"][0]["volumeMounts"] if m["mountPath"] != "/tmp/ray"]),
+                         "needs a writable emptyDir at /tmp/ray"),
+}
+
+
+@pytest.mark.parametrize("check", sorted(BREAKAGES))
+def test_each_pod_check_fails_on_a_broken_template(rendered, check):
+    objects = copy.deepcopy(rendered["dev"])
+    breaker, expected = BREAKAGES[check]
+    breaker(objects)
+    failures = [f for f in policy.pod_findings(objects) if f.check == check and not f.ok]
+    assert failures, f"{check} did not notice the breakage"
+    assert any(expected in f.message for f in failures), [f.message for f in failures]
+    assert all(f.obj.startswith("RayCluster/rayspace:spec.") for f in failures)
+
+
+def test_automounted_token_is_refused(rendered):
+    objects = copy.deepcopy(rendered["dev"])
+    manifests.find(objects, "RayJob")["spec"]["submitterPodTemplate"]["spec"]["automountServiceAccountToken"] = True
+    failures = [f for f in policy.pod_findings(objects) if f.check == "service-account-token" and not f.ok]
+    assert [f.obj for f in failures] == ["RayJob/rayspace-pipeline:spec.submitterPodTemplate"]
+    assert "automountServiceAccountToken must be false" in failures[0].message
+
+
+def _namespace_failure(objects, check):
+    findings = [f for f in policy.policy_findings(objects, include_sync=False) if f.check == check and not f.ok]
+    assert findings, f"{check} did not fail"
+    return " | ".join(f.message for f in findings)
+
+
+def test_namespace_without_restricted_psa_fails(rendered):
+    objects = copy.deepcopy(rendered["dev"])
+    manifests.find(objects, "Namespace")["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] = "baseline"
+    assert "pod-security.kubernetes.io/enforce=restricted" in _namespace_failure(objects, "namespace-pss-restricted")
+
+
+def test_missing_default_deny_fails(rendered):
+    objects = [o for o in copy.deepcopy(rendered["dev"]) if (o["metadata"]["name"] != "default-deny-all")]
+    assert "no NetworkPolicy with podSelector {}" in _namespace_failure(objects, "network-default-deny")
+
+
+def test_ray_port_not_allowed_between_pods_fails(rendered):
+    objects = copy.deepcopy(rendered["dev"])
+    _rc(objects)["spec"]["workerGroupSpecs"][0]["rayStartParams"]["object-manager-port"] = "7777"
+    message = _namespace_failure(objects, "network-ray-ports")
+    assert "port 7777 not allowed from" in message
+    del _rc(objects)["spec"]["headGroupSpec"]["rayStartParams"]["node-manager-port"]
+    assert "rayStartParams.node-manager-port is not pinned" in _namespace_failure(objects, "network-ray-ports")
+
+
+def test_dashboard_opened_outside_the_namespace_fails(rendered):
+    objects = copy.deepcopy(rendered["dev"])
+    pol = manifests.find(objects, "NetworkPolicy", "dashboard-from-namespace")
+    pol["spec"]["ingress"][0]["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}})
+    assert "opens 8265 to an ipBlock" in _namespace_failure(objects, "network-dashboard-in-namespace")
+
+
+def test_rbac_beyond_the_autoscaler_fails(rendered):
+    objects = copy.deepcopy(rendered["dev"])
+    role = manifests.find(objects, "Role", "rayspace-autoscaler")
+    role["rules"].append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})
+    role["rules"][0]["verbs"].append("delete")
+    message = _namespace_failure(objects, "rbac-least-privilege")
+    assert "core/secrets is not needed by the autoscaler" in message and "verbs ['delete'] are not needed" in message
+
+
+def test_quota_too_small_for_max_scale_fails(rendered):
+    objects = copy.deepcopy(rendered["dev"])
+    manifests.find(objects, "ResourceQuota")["spec"]["hard"]["limits.cpu"] = "2"
+    message = _namespace_failure(objects, "quota-fits-max-scale")
+    assert "limits.cpu: needs 2.7 at maxReplicas, quota allows 2" in message
+
+
+def test_gpu_quota_is_required_for_gpu_groups(rendered):
+    objects = copy.deepcopy(rendered["gpu"])
+    del manifests.find(objects, "ResourceQuota")["spec"]["hard"]["requests.nvidia.com/gpu"]
+    assert "quota has no requests.nvidia.com/gpu" in _namespace_failure(objects, "quota-fits-max-scale")
+
+
+def test_serve_workers_without_pdb_fail(rendered):
+    objects = [o for o in copy.deepcopy(rendered["dev"]) if o["kind"] != "PodDisruptionBudget"]
+    assert "no PodDisruptionBudget selects the Serve worker pods" in _namespace_failure(objects, "pdb-serve-workers")
+
+
+def test_literal_credentials_fail(rendered):
+    objects = copy.deepcopy(rendered["ha"])
+    manifests.find(objects, "RayService")["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]["redisPassword"] = {"value": "x"}
+    _head(objects)["containers"][0]["env"].append({"name": "REDIS_PASSWORD", "value": "hunter2"})
+    message = _namespace_failure(objects, "no-secrets-in-manifests")
+    assert "redisPassword.value is a literal" in message and "env REDIS_PASSWORD has a literal value" in message
+
+
+def test_stray_namespace_fails(rendered):
+    objects = copy.deepcopy(rendered["ha"])
+    manifests.find(objects, "Deployment", "rayspace-redis")["metadata"].pop("namespace")
+    assert "Deployment/rayspace-redis in None" in _namespace_failure(objects, "objects-in-namespace")
+
+
+def test_ha_needs_spread_serve_workers(rendered):
+    objects = copy.deepcopy(rendered["ha"])
+    group = manifests.find(objects, "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    group["minReplicas"] = 1
+    del group["template"]["spec"]["topologySpreadConstraints"]
+    message = _namespace_failure(objects, "serve-ha-replicas")
+    assert "minReplicas 1 < 2" in message and "does not spread pods across nodes" in message
+
+
+def test_serve_config_out_of_sync_names_the_fix(monkeypatch, tmp_path):
+    stale = tmp_path / "rayservice.yaml"
+    stale.write_text(serve_sync.RAYSERVICE_FILE.read_text().replace("model_name: wdbc", "model_name: other"))
+    monkeypatch.setattr(serve_sync, "RAYSERVICE_FILE", stale)
+    finding = policy.check_serve_sync()[0]
+    assert not finding.ok and "run `rayspace cluster sync-serve`" in finding.message
+
+
+# ---------------------------------------------------------------------------- checkov
+
+
+def _checkov() -> str | None:
+    return os.environ.get("RAYSPACE_CHECKOV") or shutil.which("checkov")
+
+
+@pytest.mark.skipif(_checkov() is None, reason="checkov not found: set RAYSPACE_CHECKOV or put it on PATH "
+                    "(python3.11 -m venv /tmp/checkov-venv && /tmp/checkov-venv/bin/pip install checkov)")
+@pytest.mark.parametrize("overlay", manifests.OVERLAYS)
+def test_checkov_passes_on_the_core_resources(rendered, overlay, tmp_path):
+    core = [o for o in rendered[overlay] if not o["apiVersion"].startswith("ray.io/")]
+    path = tmp_path / f"{overlay}.yaml"
+    path.write_text(manifests.to_yaml(core), encoding="utf-8")
+    proc = subprocess.run(
+        [_checkov(), "-f", str(path), "--framework", "kubernetes", "--skip-download", "-o", "json"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    report = json.loads(proc.stdout)
+    report = report[0] if isinstance(report, list) else report
+    results = report["results"]
+    failed = [f"{c['check_id']} {c['resource']}: {c['check_name']}" for c in results["failed_checks"]]
+    assert not failed, "\n".join(failed)
+    for skipped in results["skipped_checks"]:
+        reason = (skipped.get("check_result") or {}).get("suppress_comment")
+        assert reason and "digest" in reason, f"unjustified suppression {skipped['check_id']}: {reason!r}"
+    assert report["summary"]["failed"] == 0 and len(results["passed_checks"]) > 10
+    assert proc.returncode == 0, proc.stderr[-2000:]
