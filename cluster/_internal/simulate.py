@@ -75,6 +75,7 @@ class SimulationResult:
         scale_up_s: Seconds from submitting the workload to reaching the peak.
         scale_down_s: Seconds from the tasks finishing to being back at the minimum.
         problems: Why the run does not show the expected behaviour (empty when it does).
+        workdir: The run's private temp dir (its path marks every process of the fake cluster).
     """
 
     overlay: str
@@ -91,6 +92,7 @@ class SimulationResult:
     scale_up_s: float | None = None
     scale_down_s: float | None = None
     problems: list[str] = field(default_factory=list)
+    workdir: str = ""
 
     @property
     def ok(self) -> bool:
@@ -295,6 +297,7 @@ def simulate(
         raise SimulationError(f"worker group {group} offers no CPU, so no task can target it")
 
     workdir = Path(tempfile.mkdtemp(prefix="rayspace-sim-"))
+    result.workdir = str(workdir)
     config_path = workdir / "autoscaling.json"
     config_path.write_text(json.dumps(config), encoding="utf-8")
     head_log = workdir / "head.log"
