@@ -223,7 +223,8 @@ def _stop_head(proc: subprocess.Popen, marker: str) -> None:
             proc.wait(timeout=wait_s)
             break
         except subprocess.TimeoutExpired:
-            logger.warning("fake Ray head (pgid %d) still running after %s", proc.pid, sig.name)
+            # `ray start --block` often outlives SIGTERM by seconds; SIGKILL of the group follows.
+            logger.info("fake Ray head (pgid %d) still running after %s", proc.pid, sig.name)
     # Raylets of fake worker nodes may have left the group; they carry this run's temp dir in
     # their command line, which no other Ray on the machine does.
     deadline = time.monotonic() + 10.0
