@@ -109,9 +109,11 @@ def cmd_promote(args: argparse.Namespace) -> int:
     metrics = _json_arg(args.metrics, "--metrics")
     trial_config = _json_arg(args.trial_config, "--trial-config")
     if metrics is None:
-        progress(args, f"evaluating {args.checkpoint} on the test split ...")
+        progress(args, f"evaluating {args.checkpoint} on the test split of {cfg.data.lake} ...")
         from workloads.evaluate import evaluate
+        from workloads.runtime import ensure_ray
 
+        ensure_ray()  # the test split is read with Ray Data
         metrics = evaluate(cfg, args.checkpoint)
     test_metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     res = promote(cfg.registry, args.checkpoint, test_metrics, trial_config=trial_config, force=args.force)

@@ -534,7 +534,8 @@ def build_card(
         "arch": meta.get("arch", {}),
         "epoch": meta.get("epoch"),
         "feature_names": pre.get("feature_names", []),
-        "data_manifest_hash": meta.get("data_manifest_hash"),
+        # The training pipeline records the lake's content hash as data_fingerprint.
+        "data_manifest_hash": meta.get("data_manifest_hash") or meta.get("data_fingerprint"),
         "versions": {
             "ray": _package_version("ray"),
             "torch": _package_version("torch"),
