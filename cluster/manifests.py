@@ -103,6 +103,15 @@ def _sort_key(obj: dict[str, Any]) -> tuple[int, str, str, str]:
     return rank, f"{obj.get('apiVersion', '')}/{kind}", str(meta.get("namespace", "")), str(meta.get("name", ""))
 
 
+def _canonical(node: Any) -> Any:
+    """The same data with every mapping's keys sorted (kubectl's output order), so both engines print alike."""
+    if isinstance(node, dict):
+        return {k: _canonical(node[k]) for k in sorted(node)}
+    if isinstance(node, list):
+        return [_canonical(v) for v in node]
+    return node
+
+
 def sort_objects(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Sort objects into apply order (kustomize's legacy order, then kind, namespace, name)."""
     return sorted(objects, key=_sort_key)
@@ -133,7 +142,7 @@ def render(overlay: str = "dev", *, engine: Engine | None = None) -> list[dict[s
             ``$RAYSPACE_KUSTOMIZE``, default ``auto``.
 
     Returns:
-        The objects as plain dicts, in apply order (see :func:`sort_objects`).
+        The objects as plain dicts with sorted keys, in apply order (see :func:`sort_objects`).
 
     Raises:
         ManifestError: Unknown overlay or engine, kubectl requested but missing, or
@@ -152,7 +161,7 @@ def render(overlay: str = "dev", *, engine: Engine | None = None) -> list[dict[s
     else:
         logger.debug("rendering %s with the pure-Python kustomize fallback", directory)
         objects = kustomize.build(directory)
-    return sort_objects(objects)
+    return sort_objects([_canonical(o) for o in objects])
 
 
 def render_engine(engine: Engine | None = None) -> str:
