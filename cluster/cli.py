@@ -21,9 +21,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     from cluster import cli_manifests
 
     cli_manifests.register(cluster_sub, common)  # render, check, simulate, sync-serve
-    try:
-        from cluster import cli_client  # up, down, status, scale, token, connect + the `job` group (issue 5)
-    except ImportError:
-        cli_client = None
-    if cli_client is not None:
-        cli_client.register(subparsers, cluster_sub, common)
+    from cluster import cli_client
+
+    cli_client.register(subparsers, cluster_sub, common)  # up, down, status, scale, token, connect + the `job` group

@@ -7,6 +7,7 @@ the field, on a broken copy.
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
@@ -176,3 +177,33 @@ def test_missing_crds_raise_with_instructions(tmp_path):
 
     with pytest.raises(ManifestError, match="ray-operator/config/crd/bases"):
         crd_schemas(str(tmp_path))
+
+
+def test_cli_check_reports_every_check_and_passes(capsys):
+    from workloads.cli import main
+
+    assert main(["cluster", "check", "--overlay", "gpu", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert payload["ok"] is True and payload["failed"] == 0 and payload["checks"] == payload["passed"] > 200
+    names = {f["check"] for f in payload["findings"]}
+    assert {"crd-schema", "read-only-root-filesystem", "autoscaler-node-types", "network-ray-ports"} <= names
+
+
+def test_cli_check_fails_with_a_readable_report(monkeypatch, capsys):
+    from workloads.cli import main
+
+    real_render = manifests.render
+
+    def broken_render(overlay, *, engine=None):
+        objects = real_render(overlay, engine=engine)
+        rc = manifests.find(objects, "RayCluster")
+        rc["spec"]["workerGroupSpecs"][0]["minReplicas"] = 9
+        rc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] = False
+        return objects
+
+    monkeypatch.setattr(manifests, "render", broken_render)
+    assert main(["cluster", "check", "--overlay", "dev", "--failures-only"]) == 1
+    out = capsys.readouterr().out
+    assert "webhook-replicas" in out and "minReplicas 9 > maxReplicas 2" in out and "FAIL" in out
+    assert "read-only-root-filesystem  RayCluster/rayspace:spec.headGroupSpec.template  FAIL" in out
+    assert "dev: " in out and " failed" in out
