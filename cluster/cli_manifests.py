@@ -30,6 +30,8 @@ def register(cluster_sub: argparse._SubParsersAction, common: argparse.ArgumentP
     p.add_argument("--engine", choices=("auto", "kubectl", "python"), default=None, help="kustomize engine")
     p.add_argument("--crds", type=Path, default=None, help="directory of the KubeRay CRDs (default: ../shared/kuberay/crds)")
     p.add_argument("--failures-only", action="store_true", help="list only failing checks")
+    p.add_argument("--checkov", action="store_true",
+                   help="also run checkov on the core objects ($RAYSPACE_CHECKOV or checkov on PATH)")
     p.set_defaults(func=_cmd_check)
 
     p = cluster_sub.add_parser(
@@ -70,7 +72,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from workloads.cli import print_table, progress
 
     progress(args, f"checking overlay {args.overlay} (kustomize engine: {manifests.render_engine(args.engine)}) ...")
-    findings = manifests.check(args.overlay, engine=args.engine, crds=args.crds)
+    findings = manifests.check(args.overlay, engine=args.engine, crds=args.crds, checkov=args.checkov)
     errors = [f for f in findings if not f.ok and f.severity == "error"]
     warnings = [f for f in findings if not f.ok and f.severity == "warning"]
     summary = {

@@ -243,7 +243,8 @@ def autoscaler_findings(objects: list[dict[str, Any]]) -> list["Finding"]:
     return out
 
 
-def check(overlay: str = "dev", *, engine: Engine | None = None, crds: Path | None = None) -> list["Finding"]:
+def check(overlay: str = "dev", *, engine: Engine | None = None, crds: Path | None = None,
+          checkov: bool = False) -> list["Finding"]:
     """Run every offline check on one rendered overlay.
 
     Schema validation (strict OpenAPI for core kinds, the KubeRay CRDs for ``ray.io``
@@ -254,12 +255,14 @@ def check(overlay: str = "dev", *, engine: Engine | None = None, crds: Path | No
         overlay: One of :data:`TARGETS`.
         engine: Kustomize engine (see :func:`render`).
         crds: Directory of the KubeRay CRDs (default: ``$RAYSPACE_KUBERAY_CRDS`` or ``../shared/kuberay/crds``).
+        checkov: Also run checkov on the core objects (``$RAYSPACE_CHECKOV`` or ``checkov`` on PATH).
 
     Returns:
         One :class:`~cluster._internal.findings.Finding` per check and object.
 
     Raises:
-        ManifestError: The overlay does not render, or the KubeRay CRDs are missing.
+        ManifestError: The overlay does not render, the KubeRay CRDs are missing, or
+            ``checkov`` was asked for and is missing.
     """
     from cluster._internal import policy, validate
     from cluster._internal.monitoring import monitoring_findings
@@ -270,6 +273,10 @@ def check(overlay: str = "dev", *, engine: Engine | None = None, crds: Path | No
     findings = validate.validate_objects(objects, crds=crds)
     findings.extend(policy.policy_findings(objects))
     findings.extend(autoscaler_findings(objects))
+    if checkov:
+        from cluster._internal.checkov import checkov_findings
+
+        findings.extend(checkov_findings(objects))
     return findings
 
 
