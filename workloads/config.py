@@ -399,9 +399,14 @@ def load_config(
     for key, value in items:
         _set_dotted(tree, key, value)
     try:
-        return WorkspaceConfig.model_validate(tree)
+        cfg = WorkspaceConfig.model_validate(tree)
     except ValidationError as e:
         raise config_error_from(e) from None
+    # As a Ray job's entrypoint, relative storage would land in the job's temporary working dir.
+    from workloads.jobs import check_job_storage
+
+    check_job_storage(cfg)
+    return cfg
 
 
 def with_overrides(cfg: WorkspaceConfig, overrides: dict[str, Any]) -> WorkspaceConfig:

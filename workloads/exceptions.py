@@ -183,3 +183,10 @@ class DashboardError(RayspaceError):
     def __init__(self, message: str, *, status: int | None = None):
         super().__init__(message)
         self.status = status
+
+
+# --- Ray jobs --------------------------------------------------------------------------
+
+
+class JobError(RayspaceError):
+    """A Ray job's context could not be read, or its record could not be written."""
