@@ -1,6 +1,6 @@
 """Throughput of the Serve app against a bare uvicorn server loading the same model.
 
-Runs, one after another on loopback, in one invocation:
+Starts, on loopback and in one invocation:
 
 * ``uvicorn``: ``serve.app:plain_app`` (the same FastAPI routes and validation, one
   forward pass per request) on one uvicorn worker (uvloop + httptools) -- the baseline;
@@ -8,11 +8,13 @@ Runs, one after another on loopback, in one invocation:
 * ``serve_proxy``: ``rayspace serve --ingress proxy`` (Serve's Python proxy), for reference.
 
 Each server runs in its own process group, started here and stopped here by pid.
-The load generator is a minimal asyncio HTTP/1.1 keep-alive client (far cheaper per
+All stay up while they are measured in turn for ``--rounds`` rounds, so a busy
+neighbour on a shared machine slows every target alike; each round's ratio uses
+the uvicorn measurement of the same round. The load generator is a minimal asyncio HTTP/1.1 keep-alive client (far cheaper per
 request than an HTTP library, so the client steals less CPU from the servers on a
 small machine) that sends KServe V1 predict requests with one instance each from
 ``--concurrency`` connections, bounded by ``--requests`` and ``--duration`` per target.
-Every answer is checked (status 200); the first is parsed and verified.
+Every answer is checked (status 200); one is parsed and verified (model version, one prediction).
 
 Writes ``bench/results/serve.json`` (rps, latency percentiles, errors per target, and
 each Serve target's rps as a ratio of the uvicorn baseline measured in the same run).
@@ -152,6 +154,7 @@ async def _load(port: int, body: bytes, *, requests: int, duration_s: float, con
         "rps": round(len(lat) / elapsed, 1) if elapsed else 0.0,
         "latency_ms": {"p50": pct(50), "p90": pct(90), "p99": pct(99), "max": pct(100)},
         "first_response": json.loads(first[0]) if first else None,
+        "_latencies": latencies,
     }
 
 
@@ -185,11 +188,32 @@ def _start(target: str, port: int, registry: Path, workdir: Path, replica_cpus: 
     return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    lat = sorted(x for r in rounds for x in r["_latencies"])
+    elapsed = sum(r["elapsed_s"] for r in rounds)
+
+    def pct(p: float) -> float:
+        return round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))] * 1000, 3) if lat else float("nan")
+
+    return {
+        "requests": len(lat),
+        "errors": sum(r["errors"] for r in rounds),
+        "error_samples": [e for r in rounds for e in r["error_samples"]][:3],
+        "elapsed_s": round(elapsed, 3),
+        "rps": round(len(lat) / elapsed, 1) if elapsed else 0.0,
+        "rps_per_round": [r["rps"] for r in rounds],
+        "latency_ms": {"p50": pct(50), "p90": pct(90), "p99": pct(99), "max": pct(100)},
+        "first_response": next((r["first_response"] for r in rounds if r["first_response"]), None),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--targets", default="uvicorn,serve_haproxy,serve_proxy")
-    ap.add_argument("--requests", type=int, default=4000, help="requests per target (after warm-up)")
-    ap.add_argument("--duration", type=float, default=20.0, help="seconds per target at most")
+    ap.add_argument("--requests", type=int, default=6000, help="requests per target in all (after warm-up)")
+    ap.add_argument("--duration", type=float, default=30.0, help="seconds per target in all, at most")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="targets are measured in turn this many times, so a busy neighbour hits all alike")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--replica-cpus", type=float, default=1.0)
@@ -207,43 +231,89 @@ def main(argv: list[str] | None = None) -> int:
 
     body = json.dumps({"instances": synthetic_rows(1, 42)[0].tolist()}).encode()
     results: dict[str, Any] = {}
+    base_rounds: dict[str, list[dict[str, Any]]] = {}
+    serve_rounds: dict[str, list[dict[str, Any]]] = {}
+    serve_targets = [t for t in targets if t != "uvicorn"]
+
+    def measure(target: str, port: int, rnd: int) -> dict[str, Any]:
+        res = asyncio.run(_load(port, body, requests=args.requests // args.rounds,
+                                duration_s=args.duration / args.rounds, concurrency=args.concurrency))
+        print(f"[{target}] round {rnd + 1}: {res['rps']} rps, p50 {res['latency_ms']['p50']} ms, "
+              f"errors {res['errors']}", flush=True)
+        return res
+
+    def launch(target: str) -> tuple[subprocess.Popen, int | None]:
+        port = _free_port()
+        print(f"[{target}] starting on 127.0.0.1:{port} ...", flush=True)
+        proc = _start(target, port, work / "models", work, args.replica_cpus, args.serve_set)
+        t0 = time.monotonic()
+        try:
+            _wait_healthy(port, proc, timeout_s=240)
+        except RuntimeError as e:
+            results[target] = {"error": str(e)}
+            print(f"[{target}] failed: {e}; its log:", flush=True)
+            print((work / f"{target}.log").read_text(errors="replace")[-3000:], flush=True)
+            return proc, None
+        results[target] = {"startup_s": round(time.monotonic() - t0, 1)}
+        asyncio.run(_load(port, body, requests=args.warmup, duration_s=30, concurrency=args.concurrency))
+        return proc, port
+
     with tempfile.TemporaryDirectory(prefix="rayspace-bench-") as tmp:
         work = Path(tmp)
         _prepare_registry(work)
-        for target in targets:
-            port = _free_port()
-            print(f"[{target}] starting on 127.0.0.1:{port} ...", flush=True)
-            proc = _start(target, port, work / "models", work, args.replica_cpus, args.serve_set)
-            try:
-                t0 = time.monotonic()
-                _wait_healthy(port, proc, timeout_s=240)
-                startup = time.monotonic() - t0
-                asyncio.run(_load(port, body, requests=args.warmup, duration_s=30, concurrency=args.concurrency))
-                res = asyncio.run(_load(port, body, requests=args.requests, duration_s=args.duration,
-                                        concurrency=args.concurrency))
-                res["startup_s"] = round(startup, 1)
-                results[target] = res
-                print(f"[{target}] {res['rps']} rps, p50 {res['latency_ms']['p50']} ms, "
-                      f"p99 {res['latency_ms']['p99']} ms, errors {res['errors']}", flush=True)
-            except RuntimeError as e:
-                results[target] = {"error": str(e)}
-                print(f"[{target}] failed: {e}; see the log below", flush=True)
-                print((work / f"{target}.log").read_text(errors="replace")[-3000:], flush=True)
-            finally:
-                _stop(proc)
+        base_proc, base_port = (None, None)
+        try:
+            if "uvicorn" in targets:
+                base_proc, base_port = launch("uvicorn")
+            # One Serve target at a time, measured in turn with the baseline (which idles meanwhile),
+            # so both see the same neighbours and only one Ray runs.
+            for target in serve_targets or [None]:
+                proc, port = launch(target) if target else (None, None)
+                try:
+                    for rnd in range(args.rounds):
+                        if base_port:
+                            base_rounds.setdefault(target or "uvicorn", []).append(measure("uvicorn", base_port, rnd))
+                        if target and port:
+                            serve_rounds.setdefault(target, []).append(measure(target, port, rnd))
+                finally:
+                    if proc is not None:
+                        _stop(proc)
+        finally:
+            if base_proc is not None:
+                _stop(base_proc)
 
-    base = results.get("uvicorn", {}).get("rps")
-    ratios = {
-        f"{t}/uvicorn": round(r["rps"] / base, 3)
-        for t, r in results.items() if t != "uvicorn" and base and "rps" in r
-    }
+    def check(target: str) -> None:
+        answer = results[target]["first_response"] or {}
+        if answer.get("model_version") != "v1" or len(answer.get("predictions", [])) != 1:
+            results[target]["error"] = f"unexpected answer: {answer!r:.200}"
+
+    all_base = [r for rounds in base_rounds.values() for r in rounds]
+    if all_base:
+        results["uvicorn"].update(_summarise(all_base))
+        check("uvicorn")
+    ratios: dict[str, Any] = {}
+    for target, rounds in serve_rounds.items():
+        results[target].update(_summarise(rounds))
+        check(target)
+        paired = base_rounds.get(target, [])
+        if not paired:
+            continue
+        each = sorted(r["rps"] / b["rps"] for r, b in zip(rounds, paired) if b["rps"])
+        base_rps = _summarise(paired)["rps"]
+        ratios[f"{target}/uvicorn"] = {
+            "overall": round(results[target]["rps"] / base_rps, 3) if base_rps else None,
+            "median_of_rounds": round(each[len(each) // 2], 3) if each else None,
+            "per_round": [round(x, 3) for x in each],
+            "uvicorn_rps_same_rounds": base_rps,
+        }
     report = {
         "benchmark": "serve",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "settings": {"requests": args.requests, "duration_s": args.duration, "concurrency": args.concurrency,
-                     "warmup": args.warmup, "instances_per_request": 1, "replica_cpus": args.replica_cpus,
-                     "serve_set": args.serve_set},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "loadavg_after": os.getloadavg()},
+        "settings": {"requests": args.requests, "duration_s": args.duration, "rounds": args.rounds,
+                     "concurrency": args.concurrency, "warmup": args.warmup, "instances_per_request": 1,
+                     "replica_cpus": args.replica_cpus, "serve_set": args.serve_set},
         "results": results,
         "rps_ratio_vs_uvicorn": ratios,
     }
@@ -252,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp_out = out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(report, indent=2) + "\n")
     os.replace(tmp_out, out)
-    print(json.dumps({"rps": {t: r.get("rps") for t, r in results.items()}, "ratios": ratios}))
+    print(json.dumps({"rps": {t: r.get("rps") for t, r in results.items()},
+                      "ratios": {k: v["median_of_rounds"] for k, v in ratios.items()}}))
     bad = [t for t, r in results.items() if "error" in r or r.get("errors")]
     return 1 if bad else 0
 

@@ -47,8 +47,11 @@ def ray_env(ingress: str = "haproxy") -> dict[str, str]:
     shortens the drain a replica waits for load balancers to deregister it on
     shutdown (30 s by default, which only matters across nodes).
     """
+    # Ray runs its workers at nice 15 so batch work yields to its own daemons; a serving replica
+    # would then lose every CPU race to ordinary processes on a shared machine.
+    common = {"RAY_worker_niceness": "0"}
     if ingress == "haproxy":
-        return {
+        return common | {
             "RAY_SERVE_ENABLE_HA_PROXY": "1",
             # Ray's bundle of request-path optimisations meant to go with HAProxy: user code on the
             # replica's main loop (no thread hop per request), no per-request stderr logs, frozen GC.
@@ -62,7 +65,7 @@ def ray_env(ingress: str = "haproxy") -> dict[str, str]:
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
         }
     if ingress == "proxy":
-        return {}
+        return common
     raise ServeError(f'Got "{ingress}" for serve.ingress: must be "haproxy" or "proxy"')
 
 

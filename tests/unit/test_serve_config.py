@@ -91,11 +91,14 @@ def test_relative_registry_is_made_absolute(tmp_path, monkeypatch):
 
 def test_haproxy_flags_exist_in_this_ray():
     """The env vars runner sets must be ones this Ray reads (a rename upstream fails here)."""
+    from ray._private import ray_constants
     from ray.serve._private import constants
 
-    source = open(constants.__file__).read()
+    source = open(constants.__file__).read() + open(ray_constants.__file__).read()
     for key in runner.ray_env("haproxy"):
         assert f'"{key}"' in source, key
-    assert runner.ray_env("proxy") == {}
+    for key in runner.ray_env("proxy"):
+        assert key in runner.ray_env("haproxy")
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in runner.ray_env("proxy")
     assert runner.endpoint_url("0.0.0.0", 8000, "/") == "http://127.0.0.1:8000"
     assert runner.endpoint_url("127.0.0.1", 9000, "/api/") == "http://127.0.0.1:9000/api"
