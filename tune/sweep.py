@@ -209,7 +209,7 @@ def _row(result: Any, metric: str, mode: str, default_epochs: int) -> TrialRow:
                 best_ckpt = str(best_ckpt) if isinstance(best_ckpt, str) else None
         epochs_run = int(df["training_iteration"].max()) if "training_iteration" in df.columns else len(df)
     status = "ERROR" if result.error is not None else "TERMINATED"
-    trial_id = os.path.basename(str(result.path)) if result.path else "?"
+    trial_id = str((result.metrics or {}).get("trial_id") or (os.path.basename(str(result.path)) if result.path else "?"))
     return TrialRow(
         trial_id=trial_id, status=status, config=cfg, best_metric=best_metric, epochs_run=epochs_run,
         epochs_planned=planned, stopped_early=status != "ERROR" and epochs_run < planned,
@@ -257,8 +257,8 @@ def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None) -> 
     from workloads.train import new_run_name, resolve_storage
 
     tc = cfg.tune
-    for params in sample_configs(tc)[:1]:
-        _validate_trial_config(cfg, params)  # fail before any trial starts if the space breaks a rule
+    for params in sample_configs(tc):
+        _validate_trial_config(cfg, params)  # fail before any trial starts if a sampled value breaks a rule
     start = time.monotonic()
     cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
     concurrency = plan_concurrency(tc, cfg.train.cpus_per_worker, cluster_cpus)

@@ -146,7 +146,7 @@ class Choice(_Section):
 ParamSpec = Annotated[Union[LogUniform, Uniform, RandInt, Choice], Field(discriminator="kind")]
 
 #: Train fields a sweep may search over.
-TUNABLE_FIELDS = ("lr", "weight_decay", "hidden", "depth", "dropout", "batch_size", "epochs")
+TUNABLE_FIELDS = ("lr", "weight_decay", "hidden", "depth", "dropout", "batch_size", "epochs", "fail_at_epoch")
 
 
 def _default_search_space() -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workloads.config import SMOKE_OVERRIDES, WorkspaceConfig, with_overrides
+from workloads.exceptions import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,12 @@ def run(cfg: WorkspaceConfig, opts: PipelineOptions | None = None, progress: Pro
         if opts.until == "ingest":
             return _finish(summary, start)
 
+    if _stage_enabled("serve", opts) and not os.environ.get("RAY_ADDRESS"):
+        from serve.runner import ray_env
+
+        # Serve's ingress is chosen by environment variables read when Ray's processes start.
+        for key, value in ray_env(cfg.serve.ingress).items():
+            os.environ.setdefault(key, value)
     ray_info = ensure_ray()
     summary["ray"] = ray_info
     say(f"[ray] {ray_info['mode']} Ray with {ray_info['cpus']:g} CPUs")
@@ -119,9 +127,95 @@ def run(cfg: WorkspaceConfig, opts: PipelineOptions | None = None, progress: Pro
     return _finish(summary, start)
 
 
+def _probe_instance(cfg: WorkspaceConfig) -> tuple[str, dict[str, float], int]:
+    """One real test-split patient from the lake, as a KServe V1 instance keyed by feature name."""
+    import pyarrow.parquet as pq
+
+    from workloads.data import split_of
+    from workloads.lake import lake_files
+    from workloads.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
+
+    fs, files, _ = lake_files(cfg.data.lake)
+    for path in files:
+        table = pq.read_table(path, filesystem=fs).to_pandas()
+        for _, row in table.iterrows():
+            pid = row[ID_COLUMN]
+            if split_of(pid, cfg.data.split_salt, cfg.data.val_fraction, cfg.data.test_fraction) != "test":
+                continue
+            values = {f: float(row[f]) for f in FEATURE_NAMES}
+            if all(v == v for v in values.values()):  # no NaN: the endpoint rightly refuses gaps
+                return pid, values, int(row[LABEL_COLUMN])
+    raise DataError("no complete test-split patient in the lake to send as a probe prediction")
+
+
 def _serve_stages(cfg, opts, processed, result, report, summary, done, say) -> None:
-    """tune -> promote -> serve -> one prediction (filled in by the tune/serve packages)."""
-    raise NotImplementedError
+    """tune -> promote -> serve -> one real prediction over HTTP."""
+    from workloads.evaluate import evaluate
+    from workloads.registry import promote
+
+    candidate, candidate_report = result.checkpoint, report
+    candidate_val = result.metrics.get(cfg.tune.metric)
+    trial_config: dict[str, Any] | None = None
+    card_extra: dict[str, Any] = {"train_run": result.run_name}
+    if not opts.skip_tune:
+        from tune.sweep import run_sweep
+
+        sweep = run_sweep(cfg, processed=processed)
+        best = sweep.best
+        summary["best_trial"] = best.trial_id
+        summary["sweep"] = {
+            "path": sweep.path, "trials": len(sweep.trials), "failed": len(sweep.failed),
+            "stopped_early": sum(t.stopped_early for t in sweep.trials), "best_metric": best.best_metric,
+            "table": sweep.files.get("csv"),
+        }
+        done(
+            "tune",
+            f"{len(sweep.trials)} trials ({summary['sweep']['stopped_early']} stopped early, {len(sweep.failed)} failed), "
+            f"best {best.trial_id} {cfg.tune.metric}={best.best_metric:.4f}",
+        )
+        # Select on validation data only; the test split stays untouched until the gate.
+        better = candidate_val is None or (
+            best.best_metric > candidate_val if cfg.tune.mode == "max" else best.best_metric < candidate_val
+        )
+        if better:
+            candidate = best.best_checkpoint
+            candidate_report = evaluate(cfg, candidate)
+            trial_config = best.config
+            card_extra = {"tune_trial": best.trial_id, "sweep": sweep.path}
+        else:
+            say(f"[tune] the baseline run's {cfg.tune.metric}={candidate_val:.4f} beats the sweep; promoting it")
+        summary["selected_checkpoint"] = candidate
+        summary["test_accuracy"] = candidate_report["test_accuracy"]
+        summary["test_roc_auc"] = candidate_report["test_roc_auc"]
+        if opts.until == "tune":
+            return
+
+    test_metrics = {k: v for k, v in candidate_report.items() if k.startswith("test_") or k == "confusion_matrix"}
+    promoted = promote(cfg.registry, candidate, test_metrics, trial_config=trial_config, extra_card=card_extra)
+    summary["promotion"] = {
+        "version": promoted.version, "promoted": promoted.promoted, "current": promoted.current,
+        "previous": promoted.previous, "gate": promoted.gate.reason,
+    }
+    summary["model_version"] = promoted.current
+    done(
+        "promote",
+        f"{promoted.name} {promoted.version} "
+        + ("is now current" if promoted.promoted else f"kept {promoted.current} current")
+        + f" ({promoted.gate.reason})",
+    )
+    if opts.until == "promote":
+        return
+
+    from serve import runner
+
+    url = runner.start(cfg)
+    pid, instance, label = _probe_instance(cfg)
+    answer = runner.predict(url, cfg.registry.model_name, [instance])
+    pred = answer["predictions"][0]
+    summary["endpoint"] = f"{url.rstrip('/')}/v1/models/{cfg.registry.model_name}:predict"
+    summary["model_version"] = answer.get("model_version", summary["model_version"])
+    summary["prediction"] = {"patient_id": pid, "true_label": label, **pred}
+    done("serve", f"{summary['endpoint']} answered for {pid}: {pred} (true label {label})")
 
 
 def _finish(summary: dict[str, Any], start: float) -> dict[str, Any]:
@@ -183,7 +277,31 @@ def cli_run(args: argparse.Namespace) -> int:
         if key in summary:
             human.append(f"{key}: {summary[key]}")
     emit(args, summary, "\n".join(human))
+    if "endpoint" in summary:
+        _after_serving(args, summary)
     return 0
+
+
+def _after_serving(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    """Keep serving in the foreground (--keep-serving), or stop what a local run started."""
+    from serve import runner
+    from workloads.cli import progress
+
+    if args.keep_serving:
+        progress(args, f"serving at {summary['endpoint']} -- Ctrl-C to stop")
+        try:
+            while True:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass
+    if not os.environ.get("RAY_ADDRESS"):
+        # A local run owns its Ray: stop Serve (and its HAProxy) cleanly rather than at interpreter exit.
+        # On a cluster the application stays up after the job ends, which is the point of deploying it.
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

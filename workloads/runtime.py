@@ -33,12 +33,46 @@ def keep_local_ray_on_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def pin_ray_address() -> None:
+    """Worker setup hook: point ``RAY_ADDRESS`` at the worker's own cluster.
+
+    Ray code that runs inside workers and asks the State API without an address
+    (Ray Train's placement-group cleaner does) auto-detects "the" Ray on the
+    machine. With a second Ray running (another user's, a ``ray start`` head) it
+    either fails or picks the wrong one, and a stopped Tune trial's CPUs are
+    never given back. An in-process Ray has no bootstrap file, so say it here.
+    """
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
-    """Start a new in-process Ray on loopback (token auth on, no dashboard unless asked)."""
+    """Start a new in-process Ray on loopback only (token auth on).
+
+    The dashboard runs, bound to 127.0.0.1 on a free port: Ray Train's placement-group
+    cleaner asks the State API (served by the dashboard) whether a trainer died, and
+    without it the workers' CPUs of a Tune trial that was stopped stay reserved forever.
+    """
     import ray
 
     keep_local_ray_on_loopback()
-    kwargs.setdefault("include_dashboard", False)
+    runtime_env = dict(kwargs.pop("runtime_env", None) or {})
+    runtime_env.setdefault("worker_process_setup_hook", "workloads.runtime.pin_ray_address")
+    kwargs["runtime_env"] = runtime_env
+    kwargs.setdefault("include_dashboard", True)
+    if kwargs["include_dashboard"]:
+        kwargs.setdefault("dashboard_host", "127.0.0.1")
+        kwargs.setdefault("dashboard_port", free_loopback_port())
     ray.init(address="local", num_cpus=num_cpus, **kwargs)
 
 
