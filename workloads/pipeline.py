@@ -258,13 +258,20 @@ def config_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def cli_run(args: argparse.Namespace) -> int:
     """Handler of ``rayspace run`` and ``python -m workloads.pipeline``."""
+    import contextlib
+
     from workloads.cli import config_from_args, emit, progress
 
     cfg = config_from_args(args, config_overrides_from_args(args))
     if args.smoke:
         cfg = smoke_config(cfg)
     opts = options_from_args(args)
-    summary = run(cfg, opts, progress=lambda m: progress(args, m))
+    # Under --json, whatever Ray prints on the driver goes to stderr: stdout ends with the summary line.
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    with quiet_stdout:
+        summary = run(cfg, opts, progress=lambda m: progress(args, m))
+        if "endpoint" in summary and not args.keep_serving:
+            _stop_local_serving()
     human = [
         "",
         "== rayspace run: summary ==",
@@ -277,31 +284,31 @@ def cli_run(args: argparse.Namespace) -> int:
         if key in summary:
             human.append(f"{key}: {summary[key]}")
     emit(args, summary, "\n".join(human))
-    if "endpoint" in summary:
-        _after_serving(args, summary)
-    return 0
-
-
-def _after_serving(args: argparse.Namespace, summary: dict[str, Any]) -> None:
-    """Keep serving in the foreground (--keep-serving), or stop what a local run started."""
-    from serve import runner
-    from workloads.cli import progress
-
-    if args.keep_serving:
+    if "endpoint" in summary and args.keep_serving:
         progress(args, f"serving at {summary['endpoint']} -- Ctrl-C to stop")
         try:
             while True:
                 time.sleep(1.0)
         except KeyboardInterrupt:
             pass
-    if not os.environ.get("RAY_ADDRESS"):
-        # A local run owns its Ray: stop Serve (and its HAProxy) cleanly rather than at interpreter exit.
-        # On a cluster the application stays up after the job ends, which is the point of deploying it.
-        import ray
-        from ray import serve
+        finally:
+            _stop_local_serving()
+    return 0
 
-        serve.shutdown()
-        ray.shutdown()
+
+def _stop_local_serving() -> None:
+    """Stop what a local run started (Serve, its HAProxy, Ray) cleanly rather than at interpreter exit.
+
+    On a cluster (``RAY_ADDRESS`` set) the application stays up after the job ends:
+    that is the point of deploying it.
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
