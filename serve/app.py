@@ -43,7 +43,7 @@ from serve.protocol import (
     error_body,
     parse_instances,
 )
-from workloads.exceptions import ConfigError, InvalidRequestError, ServeError
+from workloads.exceptions import ConfigError, InvalidRequestError, RayspaceError, ServeError
 from workloads.model import LoadedModel, load_checkpoint
 from workloads.registry import ModelRegistry
 
@@ -319,7 +319,9 @@ class ModelServer:
                 await asyncio.to_thread(self.holder.refresh)
                 self._poll_failures = 0
                 self.holder.last_error = None
-            except Exception as e:  # noqa: BLE001 - kept serving the old version; surfaced by check_health
+            except (RayspaceError, OSError) as e:
+                # Keep serving the old version; check_health fails the replica if this persists.
+                # Anything else ends the poller, which check_health reports too.
                 self._poll_failures += 1
                 self.holder.last_error = f"{type(e).__name__}: {e}"
                 logger.warning("could not follow %s's current version (keeping %s): %s",

@@ -168,6 +168,7 @@ def start(
     """
     import ray
     from ray import serve
+    from ray.serve.exceptions import RayServeException
 
     registry = ModelRegistry(cfg.registry.path)
     current = registry.get(cfg.registry.model_name)  # fail fast, before Ray, if nothing is promoted
@@ -183,14 +184,21 @@ def start(
             kwargs.update(ray_init_kwargs or {})
             init_local_ray(**kwargs)  # loopback only, no dashboard
             _state["started_ray"] = True
-        serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+        http_options = {"host": cfg.serve.host, "port": cfg.serve.port}
+        try:
+            serve.start(http_options=http_options)
+        except TimeoutError as e:
+            # Serve gives its proxies a fixed 60 s; on a busy machine they can take longer. The
+            # controller is up, so connect to it and let wait_until_ready enforce our own deadline.
+            logger.warning("Serve's HTTP proxy is slow to start (%s); still waiting for it", e)
+            serve.start(http_options=http_options)
         port = _actual_http_port(cfg.serve.port)
         if port != cfg.serve.port:
             logger.warning("Serve already runs in this Ray on port %d; serving there, not on %d", port, cfg.serve.port)
         app = build_app(app_args_from_config(cfg))
         try:
             serve.run(app, name=APP_NAME, route_prefix=cfg.serve.route_prefix, blocking=False)
-        except (RuntimeError, ray.exceptions.RayError) as e:
+        except (RuntimeError, RayServeException, ray.exceptions.RayError) as e:
             raise ServeError(f"deploying the Serve app failed: {e}") from e
         url = endpoint_url(cfg.serve.host, port, cfg.serve.route_prefix)
         _state["url"] = url

@@ -24,7 +24,9 @@ metrics it was evaluated with and never starts Ray, so it is unit-testable.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import importlib.metadata
 import json
 import logging
@@ -150,7 +152,7 @@ class _LocalStore:
             raise
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            if e.errno in (39, 17):  # ENOTEMPTY, EEXIST: another promoter took this version
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):  # another promoter took this version
                 raise FileExistsError(str(target)) from e
             raise RegistryError(f"{target}: cannot write the version ({e.strerror})") from e
         except BaseException:
@@ -598,17 +600,13 @@ def promote(
         CheckpointError: The checkpoint is incomplete or corrupt.
         RegistryError: The registry cannot be read or written, or the gate metric is missing.
     """
-    import contextlib
-
     reg = registry or ModelRegistry(registry_cfg.path)
     name = registry_cfg.model_name
     with contextlib.ExitStack() as stack:
         src = _resolve_checkpoint(checkpoint, stack)
         card = build_card(src, test_metrics, trial_config=trial_config, extra=extra_card)
-        if not _is_remote(os.fspath(checkpoint)):
-            card["source_checkpoint"] = str(Path(src).resolve())
-        else:
-            card["source_checkpoint"] = os.fspath(checkpoint)
+        if _is_remote(os.fspath(checkpoint)):
+            card["source_checkpoint"] = os.fspath(checkpoint)  # not the temp dir it was fetched into
         previous = reg.current(name)
         current_card = reg.card(name, previous) if previous else None
         decision = gate(

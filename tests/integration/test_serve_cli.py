@@ -42,7 +42,7 @@ def test_rayspace_serve_foreground_and_clean_stop(tmp_path, stop_signal):
     promote(RegistryConfig(path=str(tmp_path / "models"), model_name="wdbc"), ckpt, {"test_roc_auc": 0.9})
     port = _free_port()
     cmd = [sys.executable, "-m", "workloads.cli", "serve", "--registry", str(tmp_path / "models"),
-           "--port", str(port), "--set", "serve.max_replicas=1", "--set", "serve.reload_poll_s=0"]
+           "--port", str(port), "--set", "serve.max_replicas=1", "--set", "serve.reload_poll_s=0.5"]
     if stop_signal == signal.SIGINT:
         cmd += ["--ingress", "proxy"]  # cover Serve's own proxy too; SIGTERM covers the HAProxy default
     # A new session: Ray, HAProxy and every worker this command starts share its session id.
@@ -55,12 +55,24 @@ def test_rayspace_serve_foreground_and_clean_stop(tmp_path, stop_signal):
             line = proc.stdout.readline()
             if not line or line.startswith("serving "):
                 break
-        assert line.startswith(f"serving wdbc at http://127.0.0.1:{port}"), (line, proc.poll())
+        if not line.startswith(f"serving wdbc at http://127.0.0.1:{port}"):
+            proc.kill()
+            pytest.fail(f"no 'serving' line (exit {proc.wait()}): {line!r}\n{proc.stderr.read()[-3000:]}")
         body = json.dumps({"instances": synthetic_rows(2, 1)[0].tolist()}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/wdbc:predict", data=body, method="POST")
         with urllib.request.urlopen(req, timeout=30) as r:
             answer = json.loads(r.read())
         assert answer["model_version"] == "v1" and len(answer["predictions"]) == 2
+        # A promotion while it runs is picked up by polling `current`, no restart.
+        promote(RegistryConfig(path=str(tmp_path / "models"), model_name="wdbc"),
+                make_checkpoint(tmp_path / "ckpt2", seed=6, fit_steps=20), {"test_roc_auc": 0.95})
+        health: dict = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and health.get("version") != "v2":
+            time.sleep(0.5)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+                health = json.loads(r.read())
+        assert health.get("version") == "v2", health
         proc.send_signal(stop_signal)
         out, err = proc.communicate(timeout=120)
     finally:
