@@ -185,21 +185,25 @@ def start(
             init_local_ray(**kwargs)  # loopback only, no dashboard
             _state["started_ray"] = True
         http_options = {"host": cfg.serve.host, "port": cfg.serve.port}
+        serve_errors = (TimeoutError, RuntimeError, RayServeException, ray.exceptions.RayError)
         try:
-            serve.start(http_options=http_options)
-        except TimeoutError as e:
-            # Serve gives its proxies a fixed 60 s; on a busy machine they can take longer. The
-            # controller is up, so connect to it and let wait_until_ready enforce our own deadline.
-            logger.warning("Serve's HTTP proxy is slow to start (%s); still waiting for it", e)
-            serve.start(http_options=http_options)
+            try:
+                serve.start(http_options=http_options)
+            except TimeoutError as e:
+                # Serve gives its proxies a fixed 60 s; on a busy machine they can take longer. The
+                # controller is up, so connect to it and let wait_until_ready enforce our own deadline.
+                logger.warning("Serve's HTTP proxy is slow to start (%s); still waiting for it", e)
+                serve.start(http_options=http_options)
+        except serve_errors as e:
+            raise ServeError(f"starting Serve on {cfg.serve.host}:{cfg.serve.port} failed: {type(e).__name__}: {e}") from e
         port = _actual_http_port(cfg.serve.port)
         if port != cfg.serve.port:
             logger.warning("Serve already runs in this Ray on port %d; serving there, not on %d", port, cfg.serve.port)
         app = build_app(app_args_from_config(cfg))
         try:
             serve.run(app, name=APP_NAME, route_prefix=cfg.serve.route_prefix, blocking=False)
-        except (RuntimeError, RayServeException, ray.exceptions.RayError) as e:
-            raise ServeError(f"deploying the Serve app failed: {e}") from e
+        except serve_errors as e:
+            raise ServeError(f"deploying the Serve app failed: {type(e).__name__}: {e}") from e
         url = endpoint_url(cfg.serve.host, port, cfg.serve.route_prefix)
         _state["url"] = url
     health = wait_until_ready(url, timeout_s=ready_timeout_s)

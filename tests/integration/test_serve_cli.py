@@ -57,7 +57,9 @@ def test_rayspace_serve_foreground_and_clean_stop(tmp_path, stop_signal):
                 break
         if not line.startswith(f"serving wdbc at http://127.0.0.1:{port}"):
             proc.kill()
-            pytest.fail(f"no 'serving' line (exit {proc.wait()}): {line!r}\n{proc.stderr.read()[-3000:]}")
+            err = proc.stderr.read()
+            start = max(err.find("Traceback"), err.find("error: "), 0)
+            pytest.fail(f"no 'serving' line (exit {proc.wait()}): {line!r}\n{err[start:start + 4000]}")
         body = json.dumps({"instances": synthetic_rows(2, 1)[0].tolist()}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models/wdbc:predict", data=body, method="POST")
         with urllib.request.urlopen(req, timeout=30) as r:
