@@ -20,6 +20,7 @@ from typing import Any
 
 from workloads.config import SMOKE_OVERRIDES, WorkspaceConfig, with_overrides
 from workloads.exceptions import DataError
+from workloads.jobs import check_job_storage, job_summary, write_job_record
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,10 @@ def run(cfg: WorkspaceConfig, opts: PipelineOptions | None = None, progress: Pro
     say = progress or (lambda msg: logger.info(msg))
     start = time.monotonic()
     summary: dict[str, Any] = {"stages": []}
+    # As a Ray job's driver: refuse storage the job would lose, and record which job this is.
+    job = check_job_storage(cfg)
+    if job is not None:
+        summary["job"] = job_summary(job, cfg)
 
     def done(stage: str, msg: str) -> None:
         summary["stages"].append(stage)
@@ -220,6 +225,9 @@ def _serve_stages(cfg, opts, processed, result, report, summary, done, say) -> N
 
 def _finish(summary: dict[str, Any], start: float) -> dict[str, Any]:
     summary["elapsed_s"] = round(time.monotonic() - start, 2)
+    if "job" in summary:
+        # The job's logs go with the cluster; this record stays beside the results it describes.
+        summary["job"]["record"] = write_job_record(summary, summary["job"]["storage"]["train.storage_path"])
     return summary
 
 
