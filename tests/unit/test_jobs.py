@@ -185,7 +185,9 @@ def test_metadata_cli_prints_json_for_ray_job_submit(repo_root):
     out = subprocess.run(["python", "-m", "workloads.jobs", "metadata", "--stage", "tune"], cwd=repo_root,
                          capture_output=True, text=True, check=True).stdout
     meta = json.loads(out)
-    assert meta["stage"] == "tune" and len(meta["git_commit"]) == 40
+    assert meta["stage"] == "tune" and meta["app"] == "rayspace"
+    if (repo_root / ".git").exists():  # a source tarball has no commit to record
+        assert len(meta["git_commit"]) == 40 and meta["git_dirty"] in ("true", "false")
 
 
 # ----------------------------------------------------------------------------- runtime env
