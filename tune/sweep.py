@@ -195,7 +195,7 @@ def _row(result: Any, metric: str, mode: str, default_epochs: int) -> TrialRow:
     df = result.metrics_dataframe
     cfg = dict(result.config or {})
     planned = int(cfg.get("epochs", default_epochs))
-    error = None if result.error is None else f"{type(result.error).__name__}: {str(result.error).splitlines()[0][:300]}"
+    error = None if result.error is None else _error_summary(result.error)
     best_metric = None
     best_ckpt = None
     epochs_run = 0
@@ -215,6 +215,12 @@ def _row(result: Any, metric: str, mode: str, default_epochs: int) -> TrialRow:
         epochs_planned=planned, stopped_early=status != "ERROR" and epochs_run < planned,
         best_checkpoint=best_ckpt, error=error,
     )
+
+
+def _error_summary(error: BaseException) -> str:
+    """The root cause of a trial's failure: Ray wraps it, and its traceback ends with the original exception."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:500]
 
 
 def _write_table(path: str, result: SweepResult) -> dict[str, str]:
