@@ -131,7 +131,7 @@ def _coerce_frame(df: pd.DataFrame, path: str, row_offset: int) -> pd.DataFrame:
     for col in FEATURE_NAMES:
         raw = df[col]
         if pd.api.types.is_bool_dtype(raw):
-            raise SchemaError(path, f"has type bool: must be numeric", column=col)
+            raise SchemaError(path, "has type bool: must be numeric", column=col)
         if pd.api.types.is_numeric_dtype(raw):
             num = raw.astype("float64")
         else:

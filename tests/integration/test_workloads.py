@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from workloads import lake
@@ -60,19 +59,27 @@ def test_standardization_is_fitted_on_the_training_split_only(ray_local, lake_di
     assert processed.counts["train"] + processed.counts["val"] + processed.counts["test"] == 569
 
 
-def test_two_workers_resume_from_checkpoint_after_injected_failure(ray_local, lake_dir, tmp_path):
+@pytest.fixture(scope="module")
+def recovered_run(ray_local, lake_dir, tmp_path_factory):
+    """One 2-worker run in which a worker dies at epoch 2 (shared by the tests below: each fit costs ~20 s)."""
+    from workloads.train import train
+
+    tmp = tmp_path_factory.mktemp("recovered")
+    cfg = _cfg(lake_dir, tmp, num_workers=2, epochs=4, lr=0.01, fail_at_epoch=2, max_failures=1)
+    return cfg, tmp, train(cfg)
+
+
+def test_two_workers_resume_from_checkpoint_after_injected_failure(recovered_run):
     """A worker dies at epoch 2; FailureConfig restarts the group, which resumes from epoch 1's checkpoint.
 
     The injected failure only fires in a run that did not resume, so finishing with
     ``max_failures=1`` proves the restart resumed rather than started over.
     """
     from workloads.model import load_checkpoint, read_checkpoint_meta
-    from workloads.train import train
 
-    cfg = _cfg(lake_dir, tmp_path, num_workers=2, epochs=3, fail_at_epoch=2, max_failures=1)
-    result = train(cfg)
+    cfg, tmp, result = recovered_run
     assert result.num_workers == 2
-    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     meta = read_checkpoint_meta(result.checkpoint)
     assert meta["train_config"]["fail_at_epoch"] == 2
     assert meta["data_fingerprint"] == result.data_fingerprint
@@ -80,7 +87,7 @@ def test_two_workers_resume_from_checkpoint_after_injected_failure(ray_local, la
     probs = model.predict_proba(lake.builtin_frame()[list(FEATURE_NAMES)].to_numpy()[:20])
     assert probs.shape == (20,) and ((probs >= 0) & (probs <= 1)).all()
     assert 0.5 < result.metrics["val_roc_auc"] <= 1.0
-    assert result.checkpoint.startswith(str(tmp_path / "results"))
+    assert result.checkpoint.startswith(str(tmp / "results"))
 
 
 def test_without_retries_the_injected_failure_fails_the_run(ray_local, lake_dir, tmp_path):
@@ -91,12 +98,10 @@ def test_without_retries_the_injected_failure_fails_the_run(ray_local, lake_dir,
         train(cfg)
 
 
-def test_evaluate_writes_json_and_png(ray_local, lake_dir, tmp_path):
+def test_evaluate_writes_json_and_png(recovered_run, tmp_path):
     from workloads.evaluate import evaluate
-    from workloads.train import train
 
-    cfg = _cfg(lake_dir, tmp_path, num_workers=1, epochs=4, lr=0.01)
-    result = train(cfg)
+    cfg, _, result = recovered_run
     report = evaluate(cfg, result.checkpoint, output_dir=str(tmp_path / "report"))
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["test_rows"] == report["test_rows"] == result.counts["test"]
