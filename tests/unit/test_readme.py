@@ -40,6 +40,30 @@ def test_readme_commands_exist_in_the_cli(repo_root):
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     known = set(sub.choices)
-    shown = set(re.findall(r"(?m)(?:^|[`$ ])rayspace ([a-z][a-z-]+)", (repo_root / "README.md").read_text()))
+    shown = set(re.findall(r"(?m)(?:^\s*|`|\$ |&& |\| |\$\()rayspace ([a-z][a-z-]+)", (repo_root / "README.md").read_text()))
     assert shown, "the README shows no rayspace command"
     assert shown <= known, f"README mentions unknown commands: {sorted(shown - known)}"
+
+
+def test_readme_command_lines_parse(repo_root):
+    """Each `rayspace ...` line in the README's code blocks is accepted by the real argument parser."""
+    import shlex
+
+    from workloads.cli import build_parser
+
+    readme = (repo_root / "README.md").read_text()
+    lines = []
+    for block in _code_blocks(readme):
+        for line in block.splitlines():
+            line = line.split("  #", 1)[0].strip()
+            if line.startswith("rayspace ") and "$(" not in line and "|" not in line and "&&" not in line:
+                lines.append(line.replace("<", "").replace(">", ""))
+    assert len(lines) >= 20, lines
+    parser = build_parser()
+    for line in lines:
+        argv = shlex.split(line)[1:]
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # argparse exits on an unknown flag or subcommand
+            raise AssertionError(f"README command does not parse: {line}") from e
+        assert callable(args.func), line
