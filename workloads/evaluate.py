@@ -153,11 +153,32 @@ def evaluate(cfg: WorkspaceConfig, checkpoint: str, *, output_dir: str | None = 
         "split_counts": info["counts"],
     }
     _write_atomic(out / "report.json", json.dumps(report, indent=1, default=str).encode())
-    plot_report(out / "report.png", probs, labels, meta.get("history", []),
+    plot_report(out / "report.png", probs, labels, _run_history(Path(local), meta),
                 f"{Path(local).parent.name}: test accuracy {metrics['test_accuracy']:.3f}, ROC AUC {metrics['test_roc_auc']:.3f}")
     report["report_json"] = str(out / "report.json")
     report["report_png"] = str(out / "report.png")
     return report
+
+
+def _run_history(checkpoint_dir: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The whole run's metric history for the learning curves.
+
+    The best checkpoint only knows the epochs up to itself; a later checkpoint kept
+    beside it in the same run directory knows them all.
+    """
+    from workloads.model import read_checkpoint_meta
+
+    history = list(meta.get("history", []))
+    for sibling in checkpoint_dir.parent.glob("checkpoint_*"):
+        if sibling == checkpoint_dir or not sibling.is_dir():
+            continue
+        try:
+            other = read_checkpoint_meta(sibling).get("history", [])
+        except CheckpointError:
+            continue  # an incomplete sibling (e.g. being written) adds nothing
+        if len(other) > len(history):
+            history = list(other)
+    return history
 
 
 def _localize(checkpoint: str) -> str:
