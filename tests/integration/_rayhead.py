@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -153,21 +154,31 @@ class RayHead:
         return "\n".join(lines)
 
 
+class HeadStartFailed(RuntimeError):
+    """``ray start --head`` exited before the head was up."""
+
+
 def _wait_ready(head: RayHead, proc: subprocess.Popen, timeout: float) -> None:
+    """Wait until ``ray start`` reports the runtime started and the job API answers."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"ray start exited with {proc.returncode}:\n{Path(head.log_path).read_text()[-3000:]}")
-        try:
-            status, body = head.api("GET", "/api/jobs/", timeout=5)
-            if status == 200:
-                return
-            last = f"HTTP {status} {body[:200]!r}"
-        except (urllib.error.URLError, OSError) as e:
-            last = str(e)
+            raise HeadStartFailed(f"ray start exited with {proc.returncode}:\n{Path(head.log_path).read_text()[-3000:]}")
+        # The dashboard can answer before the raylet has registered; `ray start` may still give up on the
+        # node then ("timed out during startup", a fixed 30 s in Ray 2.60) and exit.
+        if "Ray runtime started" in Path(head.log_path).read_text(errors="replace"):
+            try:
+                status, body = head.api("GET", "/api/jobs/", timeout=5)
+                if status == 200:
+                    return
+                last = f"HTTP {status} {body[:200]!r}"
+            except (urllib.error.URLError, OSError) as e:
+                last = str(e)
+        else:
+            last = "ray start has not reported the runtime started"
         time.sleep(1.0)
-    raise RuntimeError(f"the Ray head's job API did not answer within {timeout:.0f}s (last: {last})")
+    raise RuntimeError(f"the Ray head was not ready within {timeout:.0f}s (last: {last})")
 
 
 def stop_head(head: RayHead, proc: subprocess.Popen) -> None:
@@ -198,8 +209,23 @@ def stop_head(head: RayHead, proc: subprocess.Popen) -> None:
         logger.warning("killed %d Ray process(es) the head's stop left behind: %s", len(left), left)
 
 
-def start_head(*, num_cpus: int = 4, ready_timeout: float = 180) -> tuple[RayHead, subprocess.Popen]:
-    """Start ``ray start --head --block`` with token auth on free loopback ports, in a new session."""
+def start_head(*, num_cpus: int = 4, ready_timeout: float = 180, attempts: int = 3) -> tuple[RayHead, subprocess.Popen]:
+    """Start ``ray start --head --block`` with token auth on free loopback ports, in a new session.
+
+    On a saturated machine the raylet can miss Ray's fixed 30 s registration window and ``ray start``
+    exits; that start is cleaned up and retried (fresh ports and temp dir), up to ``attempts`` times.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_head_once(num_cpus=num_cpus, ready_timeout=ready_timeout)
+        except HeadStartFailed as e:
+            if attempt == attempts:
+                raise
+            logger.warning("ray start --head failed (attempt %d of %d), retrying: %s", attempt, attempts, str(e)[-300:])
+    raise AssertionError("unreachable")
+
+
+def _start_head_once(*, num_cpus: int, ready_timeout: float) -> tuple[RayHead, subprocess.Popen]:
     ray_bin = str(Path(sys.executable).parent / "ray")
     # Short: Ray puts Unix sockets under it, and socket paths are limited to 107 bytes.
     temp_dir = tempfile.mkdtemp(prefix="rsh-", dir="/tmp")
@@ -241,5 +267,6 @@ def start_head(*, num_cpus: int = 4, ready_timeout: float = 180) -> tuple[RayHea
         _wait_ready(head, proc, timeout=ready_timeout)
     except BaseException:
         stop_head(head, proc)
+        shutil.rmtree(temp_dir, ignore_errors=True)
         raise
     return head, proc

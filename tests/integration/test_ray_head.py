@@ -4,9 +4,12 @@
    as a job, its logs show the stages, checkpoints/models/records land in the
    configured (absolute) storage, and the same submission without the token, or
    with a wrong one, is refused with no job created.
-2. The Serve endpoint the job deployed keeps answering over HTTP after the job ended.
-3. The notebook executes top to bottom (nbclient) as a driver attached to the head.
+2. The Serve endpoint the job deployed keeps answering over HTTP after the job ended, to the
+   curl and Python examples too.
+3. The notebook executes top to bottom (nbclient) as a driver attached to the head; its laptop
+   fallback, Ray Client, works with the token and its port refuses calls without it.
 
+Last, every listening socket of the head's processes is on loopback (one documented Ray exception).
 All tests share one head (``ray_head``) and one smoke job (``smoke_job``).
 """
 
@@ -251,25 +254,49 @@ def test_client_examples_against_the_endpoint(smoke_job: SmokeJob, repo_root: Pa
     assert refused.returncode == 1 and "HTTP 404" in refused.stderr and "is not served here" in refused.stderr
 
 
-def test_head_listens_on_loopback_only(ray_head: RayHead, smoke_job: SmokeJob):
-    import grpc
-    import psutil
+_CLIENT_PROBE = """
+import sys
 
-    procs = ray_head.processes()
-    listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in procs]
-    assert listening, "found no listening socket of the head's processes"
-    assert int(smoke_job.serve_url.rsplit(":", 1)[1]) in {c.laddr.port for c in listening}  # the Serve proxy is the head's
-    exposed = [c for c in listening if c.laddr.ip not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
-    # Ray 2.60 Serve replicas open their inter-deployment gRPC server on [::]:0 whatever the node IP
-    # (serve/_private/replica.py), with no setting to change it. It is the one listener allowed off loopback,
-    # and only because Ray's token interceptor guards it: a call without the token is refused.
-    for conn in exposed:
-        assert "ServeReplica" in procs[conn.pid], (conn, procs[conn.pid])
-        with grpc.insecure_channel(f"127.0.0.1:{conn.laddr.port}") as channel:
-            call = channel.unary_unary("/ray.serve.ASGIService/HandleRequest")
-            with pytest.raises(grpc.RpcError) as refused:
-                call(b"", timeout=30)
-        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, refused.value
+import ray
+
+ray.init(sys.argv[1], logging_level="ERROR")
+
+
+@ray.remote(num_cpus=0)
+def node_of_task() -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
+# The task ran on a node of the cluster (the head), not in this client process.
+print("ray-client-ok", ray.get(node_of_task.remote()) in {n["NodeID"] for n in ray.nodes()},
+      ray.cluster_resources().get("CPU"))
+ray.shutdown()
+"""
+
+
+def test_ray_client_fallback_works_with_the_token(ray_head: RayHead, tmp_path: Path):
+    """The laptop fallback of the notebook: ``ray://`` through the client port, with the token."""
+    done = subprocess.run([sys.executable, "-c", _CLIENT_PROBE, ray_head.client_address], cwd=tmp_path,
+                          env=ray_head.client_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{done.stderr[-3000:]}\n--- head:\n{ray_head.diagnostics()}"
+    assert f"ray-client-ok True {float(ray_head.num_cpus)}" in done.stdout
+
+
+@pytest.mark.parametrize("token", [None, "not-the-cluster-token"], ids=["no-token", "wrong-token"])
+def test_ray_client_port_refuses_calls_without_the_token(ray_head: RayHead, token):
+    """The port the notebook's laptop fallback (``ray://``) uses is token-protected too.
+
+    Without the token, ``ray.init("ray://...")`` only reports "ray client connection timeout" after
+    ~30 s of retries; the cause is this refusal, checked directly on the client server's gRPC API.
+    """
+    import grpc
+
+    metadata = None if token is None else (("authorization", f"Bearer {token}"),)
+    with grpc.insecure_channel(ray_head.client_address.removeprefix("ray://")) as channel:
+        call = channel.unary_unary("/ray.rpc.RayletDriver/ClusterInfo")
+        with pytest.raises(grpc.RpcError) as refused:
+            call(b"", timeout=30, metadata=metadata)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, refused.value
 
 
 # ------------------------------------------------------------------------------------- notebook
@@ -306,3 +333,28 @@ def test_notebook_runs_top_to_bottom_against_the_head(ray_head: RayHead, smoke_j
     assert f"served by {MODEL} {smoke_job.summary['model_version']}" in text
     # The notebook's training wrote to its configured storage, through the head.
     assert any((tmp_path / "nb-results").rglob("checkpoint_*"))
+
+
+# ------------------------------------------------------------------------------------ listeners
+
+
+def test_head_listens_on_loopback_only(ray_head: RayHead, smoke_job: SmokeJob):
+    """Last in the module: by now the head has run jobs, Serve, a notebook driver and a Ray Client session."""
+    import grpc
+    import psutil
+
+    procs = ray_head.processes()
+    listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in procs]
+    assert listening, "found no listening socket of the head's processes"
+    assert int(smoke_job.serve_url.rsplit(":", 1)[1]) in {c.laddr.port for c in listening}  # the Serve proxy is the head's
+    exposed = [c for c in listening if c.laddr.ip not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
+    # Ray 2.60 Serve replicas open their inter-deployment gRPC server on [::]:0 whatever the node IP
+    # (serve/_private/replica.py), with no setting to change it. It is the one listener allowed off loopback,
+    # and only because Ray's token interceptor guards it: a call without the token is refused.
+    for conn in exposed:
+        assert "ServeReplica" in procs[conn.pid], (conn, procs[conn.pid])
+        with grpc.insecure_channel(f"127.0.0.1:{conn.laddr.port}") as channel:
+            call = channel.unary_unary("/ray.serve.ASGIService/HandleRequest")
+            with pytest.raises(grpc.RpcError) as refused:
+                call(b"", timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, refused.value
