@@ -4,7 +4,7 @@
 Usage::
 
     python examples/predict.py                                  # http://127.0.0.1:8000
-    python examples/predict.py --url http://127.0.0.1:8000      # KubeRay, after
+    python examples/predict.py http://127.0.0.1:8000            # KubeRay (or --url URL), after
         kubectl -n rayspace port-forward svc/rayspace-serve-serve-svc 8000:8000
     python examples/predict.py --instances my_patients.json --json
 
@@ -54,13 +54,15 @@ def call(method: str, url: str, body: Any = None, timeout: float = 10.0) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default=os.environ.get("RAYSPACE_SERVE_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("url_arg", nargs="?", metavar="URL", help="base URL (same as --url)")
+    parser.add_argument("--url", default=os.environ.get("RAYSPACE_SERVE_URL", "http://127.0.0.1:8000"),
+                        help="base URL of the endpoint (default $RAYSPACE_SERVE_URL or http://127.0.0.1:8000)")
     parser.add_argument("--model", default=os.environ.get("RAYSPACE_MODEL", "wdbc"))
     parser.add_argument("--instances", type=Path, default=DEFAULT_INSTANCES, help="JSON file {\"instances\": [...]}")
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--json", action="store_true", help="print the raw answer as one JSON line")
     args = parser.parse_args(argv)
-    base = args.url.rstrip("/")
+    base = (args.url_arg or args.url).rstrip("/")
     try:
         body = json.loads(args.instances.read_text())
     except (OSError, ValueError) as e:

@@ -240,7 +240,7 @@ def test_client_examples_against_the_endpoint(smoke_job: SmokeJob, repo_root: Pa
     assert '{"models":["wdbc"]}' in sh.stdout and '"predictions":[' in sh.stdout
     assert "HTTP 422" in sh.stdout and "must have 30" in sh.stdout  # the bad request's reason
 
-    py = subprocess.run([sys.executable, str(repo_root / "examples" / "predict.py"), "--url", url, "--json"],
+    py = subprocess.run([sys.executable, str(repo_root / "examples" / "predict.py"), url, "--json"],
                         capture_output=True, text=True, timeout=120)
     assert py.returncode == 0, py.stderr
     answer = json.loads(py.stdout)
