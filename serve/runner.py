@@ -173,6 +173,11 @@ def start(
     registry = ModelRegistry(cfg.registry.path)
     current = registry.get(cfg.registry.model_name)  # fail fast, before Ray, if nothing is promoted
     with _lock:
+        if not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):
+            from workloads.runtime import ensure_ray
+
+            # A job's driver or a notebook on the head: deploy onto that cluster, never a nested local Ray.
+            ensure_ray()
         if not ray.is_initialized():
             from workloads.runtime import init_local_ray
 

@@ -300,10 +300,12 @@ def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None) -> 
     logger.info("sweep %s: %d samples, %d at a time, scheduler %s", name, tc.num_samples, concurrency, tc.scheduler)
     grid = tuner.fit()
     rows = [_row(r, tc.metric, tc.mode, cfg.train.epochs) for r in grid]
-    scored = [r for r in rows if r.best_metric is not None and r.best_checkpoint]
+    # A trial that crashed may have reported a good early epoch; only trials that ran to their end (or were
+    # stopped by the scheduler) are candidates.
+    scored = [r for r in rows if r.status != "ERROR" and r.best_metric is not None and r.best_checkpoint]
     if not scored:
         errors = "; ".join(r.error for r in rows if r.error) or "no trial reported a checkpoint"
-        raise TuneError(f"sweep {name}: no trial produced a checkpoint ({errors})")
+        raise TuneError(f"sweep {name}: no trial finished with a checkpoint ({errors})")
     best = (max if tc.mode == "max" else min)(scored, key=lambda r: r.best_metric)
     result = SweepResult(
         name=name, path=_join(storage, name), metric=tc.metric, mode=tc.mode, trials=rows, best=best,
