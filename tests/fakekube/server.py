@@ -154,16 +154,7 @@ def _pointer(path: str) -> list[str]:
 
 def _resolve(doc: Any, tokens: list[str], path: str) -> tuple[Any, str]:
     """The container of the last token, and that token."""
-    node = doc
-    for tok in tokens[:-1]:
-        if isinstance(node, dict) and tok in node:
-            node = node[tok]
-        elif isinstance(node, list) and tok.isdigit() and int(tok) < len(node):
-            node = node[int(tok)]
-        else:
-            raise ApiError(422, "Invalid", f"jsonpatch: path {path} does not exist",
-                           {"causes": [{"reason": "FieldValueInvalid", "message": "path does not exist", "field": path}]})
-    return node, tokens[-1]
+    return _get_pointer(doc, tokens[:-1], path), tokens[-1]
 
 
 def json_patch(doc: Any, ops: list[dict[str, Any]]) -> Any:
