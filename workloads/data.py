@@ -136,16 +136,12 @@ def fit_standardizer(train: "ray.data.Dataset") -> Standardizer:
     rows = train.map_batches(_moments, batch_format="pandas").take_all()
     if not rows:
         raise DataError("the training split is empty: ingest more data or lower data.val_fraction/test_fraction")
-    count = np.sum([r["count"] for r in rows], axis=0)
-    sums = np.sum([r["sums"] for r in rows], axis=0)
-    sq = np.sum([r["sq_sums"] for r in rows], axis=0)
-    if (count < 2).any():
-        bad = FEATURE_NAMES[int(np.argmax(count < 2))]
-        raise DataError(f"feature {bad!r} has fewer than 2 values in the training split: cannot standardize")
-    mean = sums / count
-    var = np.maximum(sq / count - mean**2, 0.0)
-    scale = np.where(np.sqrt(var) > 1e-12, np.sqrt(var), 1.0)
-    return Standardizer(tuple(FEATURE_NAMES), mean, scale)
+    return Standardizer.from_moments(
+        FEATURE_NAMES,
+        np.sum([r["count"] for r in rows], axis=0),
+        np.sum([r["sums"] for r in rows], axis=0),
+        np.sum([r["sq_sums"] for r in rows], axis=0),
+    )
 
 
 def process(data_cfg: DataConfig, standardizer: Standardizer | None = None) -> Processed:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from workloads.exceptions import CheckpointError
+from workloads.exceptions import CheckpointError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +68,27 @@ class Standardizer:
         return cls(names, mean, scale)
 
     @classmethod
-    def from_moments(cls, feature_names: tuple[str, ...], count: int, sums: np.ndarray, sq_sums: np.ndarray) -> "Standardizer":
-        """Build from streaming moments (count, sum, sum of squares) of the training split."""
-        if count < 2:
-            raise CheckpointError(f"cannot fit standardization on {count} training rows: need at least 2")
+    def from_moments(
+        cls, feature_names: tuple[str, ...], count: int | np.ndarray, sums: np.ndarray, sq_sums: np.ndarray
+    ) -> "Standardizer":
+        """Build from streaming moments of the training split.
+
+        Args:
+            feature_names: Feature names in schema order.
+            count: Values seen per feature (or one count for all): missing values are not counted.
+            sums: Per-feature sums.
+            sq_sums: Per-feature sums of squares.
+
+        Raises:
+            DataError: A feature has fewer than 2 values.
+        """
+        count = np.broadcast_to(np.asarray(count, dtype=np.float64), np.shape(sums))
+        if (count < 2).any():
+            i = int(np.argmax(count < 2))
+            raise DataError(
+                f"feature {feature_names[i]!r} has {int(count[i])} values in the training split: "
+                "need at least 2 to standardize"
+            )
         mean = sums / count
         var = np.maximum(sq_sums / count - mean**2, 0.0)
         scale = np.sqrt(var)

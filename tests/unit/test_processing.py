@@ -70,6 +70,10 @@ def test_standardizer_round_trip_and_constant_feature():
     assert std.scale[1] == 1.0, "a constant feature is centred, not divided by zero"
     again = Standardizer.from_dict(std.to_dict())
     assert np.allclose(again.transform([[1.0, 2.0]]), [[0.0, 0.0]])
+    from workloads.exceptions import DataError
+
+    with pytest.raises(DataError, match="feature 'b' has 1 values"):
+        Standardizer.from_moments(("a", "b"), np.array([5, 1]), np.array([4.0, 8.0]), np.array([6.0, 64.0]))
 
 
 def test_metrics_and_confusion_matrix():
