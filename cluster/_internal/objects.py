@@ -99,6 +99,42 @@ def pod_templates(obj: dict[str, Any]) -> Iterator[PodTemplate]:
             yield PodTemplate(owner, "spec.jobTemplate.spec.template", "workload", tmpl)
 
 
+#: Stands in for the random suffix KubeRay appends to the RayCluster a RayJob, RayService or RayCronJob
+#: run creates (ray-operator/controllers/ray/utils/util.go, GenerateRayClusterName).
+GENERATED_SUFFIX = "xxxxx"
+
+
+def ray_cluster_name(template: PodTemplate) -> str | None:
+    """The ``ray.io/cluster`` value KubeRay gives a Ray pod of ``template`` (None for non-Ray pods).
+
+    A RayCluster's pods carry its own name; the cluster a RayJob, RayService or RayCronJob run creates is
+    named ``<owner>-<random>``, modelled here with :data:`GENERATED_SUFFIX`.
+    """
+    if template.role not in ("ray-head", "ray-worker"):
+        return None
+    kind, _, name = template.owner.partition("/")
+    return name if kind == "RayCluster" else f"{name}-{GENERATED_SUFFIX}"
+
+
+def pod_labels(template: PodTemplate) -> dict[str, str]:
+    """The labels a pod created from ``template`` carries.
+
+    For Ray pods this follows KubeRay's ``labelPod`` (ray-operator/controllers/ray/common/pod.go): its own
+    labels first, the template's override them, except ``ray.io/cluster``, ``ray.io/node-type`` and
+    ``ray.io/group``, which the operator always sets.
+    """
+    own = dict((template.template.get("metadata") or {}).get("labels") or {})
+    cluster = ray_cluster_name(template)
+    if cluster is None:
+        return own
+    node_type = "head" if template.role == "ray-head" else "worker"
+    group = "headgroup" if template.role == "ray-head" else str((template.group or {}).get("groupName", ""))
+    labels = {"ray.io/is-ray-node": "yes", "app.kubernetes.io/name": "kuberay",
+              "app.kubernetes.io/created-by": "kuberay-operator", **own}
+    labels.update({"ray.io/cluster": cluster, "ray.io/node-type": node_type, "ray.io/group": group})
+    return labels
+
+
 def containers(template: PodTemplate) -> Iterator[tuple[str, dict[str, Any]]]:
     """(``kind[index]:name``, container) for init and regular containers of a template."""
     for key in ("initContainers", "containers"):

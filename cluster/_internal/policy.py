@@ -20,7 +20,7 @@ import yaml
 
 from cluster._internal.autoscaling import parse_quantity
 from cluster._internal.findings import Finding, failed, obj_id, passed
-from cluster._internal.objects import PodTemplate, cluster_specs, job_specs, labels_match, pod_templates
+from cluster._internal.objects import PodTemplate, cluster_specs, job_specs, labels_match, pod_labels, pod_templates
 from workloads.exceptions import ManifestError
 
 logger = logging.getLogger(__name__)
@@ -30,9 +30,14 @@ RESTRICTED_VOLUME_TYPES = frozenset(
     {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
 )
 RAY_ROLES = ("ray-head", "ray-worker")
-#: rayStartParams keys that pin a port the NetworkPolicies must allow between Ray pods.
+#: rayStartParams keys that pin a port of Ray's.
 RAY_PORT_PARAMS = ("node-manager-port", "object-manager-port", "runtime-env-agent-port", "dashboard-agent-grpc-port",
                    "dashboard-agent-listen-port", "metrics-export-port")
+#: Ports from the Linux ephemeral range (net.ipv4.ip_local_port_range 32768-60999) that stand for the ports
+#: no rayStartParams pins: Ray Train's torch process group (gloo/NCCL) and Serve replicas' gRPC listen there.
+EPHEMERAL_PROBE_PORTS = (32768, 45678, 60999)
+#: Ray ports other pods may reach on purpose: Serve, metrics, dashboard/Jobs API, Ray client.
+PUBLIC_RAY_PORTS = frozenset({8000, 8080, 8265, 10001})
 #: Ports every head listens on by KubeRay default (GCS, dashboard/Jobs API, Ray client).
 HEAD_PORTS = (6379, 8265, 10001)
 DASHBOARD_PORT = 8265
@@ -262,7 +267,7 @@ def _of(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def _labels(t: PodTemplate) -> dict[str, str]:
-    return (t.template.get("metadata") or {}).get("labels") or {}
+    return pod_labels(t)
 
 
 def check_namespace_psa(objects: list[dict[str, Any]]) -> list[Finding]:
@@ -283,10 +288,12 @@ def _policies(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return _of(objects, "NetworkPolicy")
 
 
-def _port_allowed(rule_ports: list[dict[str, Any]] | None, port: int) -> bool:
+def _port_allowed(rule_ports: list[dict[str, Any]] | None, port: int, protocol: str = "TCP") -> bool:
     if not rule_ports:
         return True  # a rule without ports allows every port
     for p in rule_ports:
+        if p.get("protocol", "TCP") != protocol:
+            continue
         lo = p.get("port")
         if lo is None:
             return True
@@ -341,20 +348,33 @@ def _ray_ports(t: PodTemplate) -> list[int]:
 
 
 def check_ray_network(objects: list[dict[str, Any]]) -> list[Finding]:
-    """Ray's pinned ports are pinned everywhere and allowed between every pair of Ray pods."""
+    """Every Ray pod reaches the pods of its own Ray cluster on any TCP port, and no other cluster's pods.
+
+    Pinned ports are not enough: Ray Train's torch process group and Serve replicas' gRPC use ephemeral
+    ports, so the probe includes ports from the ephemeral range (KubeRay's own per-cluster policy allows
+    all ports within ``ray.io/cluster``: ray-operator/controllers/ray/networkpolicy_controller.go).
+    """
     out = []
     ray_pods = [t for o in objects for t in pod_templates(o) if t.role in RAY_ROLES]
     for t in ray_pods:
-        params = (t.group or {}).get("rayStartParams") or {}
-        problems = [f"rayStartParams.{k} is not pinned (NetworkPolicies need fixed ports)"
-                    for k in (*RAY_PORT_PARAMS, "min-worker-port", "max-worker-port") if k not in params]
-        for port in _ray_ports(t):
-            for peer in ray_pods:
-                if not allowed(objects, _labels(peer), _labels(t), port):
-                    problems.append(f"port {port} not allowed from {peer.where}")
-                    break
-        out.append(failed("network-ray-ports", t.where, "; ".join(problems)) if problems
-                   else passed("network-ray-ports", t.where, f"pinned Ray ports {sorted(set(_ray_ports(t)))} open to every Ray pod"))
+        dst = _labels(t)
+        problems = []
+        for peer in ray_pods:
+            src = _labels(peer)
+            if src.get("ray.io/cluster") == dst.get("ray.io/cluster"):
+                for port in sorted(set(_ray_ports(t))) + list(EPHEMERAL_PROBE_PORTS):
+                    if not allowed(objects, src, dst, port):
+                        problems.append(f"port {port} not allowed from {peer.where} (same Ray cluster {dst['ray.io/cluster']!r})")
+                        break
+            else:
+                private = [p for p in _ray_ports(t) if p not in PUBLIC_RAY_PORTS] + list(EPHEMERAL_PROBE_PORTS)
+                leaks = [p for p in private if allowed(objects, src, dst, p)]
+                if leaks:
+                    problems.append(f"reachable on port {leaks[0]} from {peer.where}, a pod of another Ray cluster "
+                                    f"({src.get('ray.io/cluster')!r}); select peers by their own cluster")
+        out.append(failed("network-ray-cluster", t.where, "; ".join(problems)) if problems
+                   else passed("network-ray-cluster", t.where,
+                               f"every TCP port open within Ray cluster {dst.get('ray.io/cluster')!r}, closed to other clusters"))
     return out
 
 
@@ -610,7 +630,7 @@ NAMESPACE_CHECKS: dict[str, Callable[[list[dict[str, Any]]], list[Finding]]] = {
     "namespace-pss-restricted": check_namespace_psa,
     "objects-in-namespace": check_namespaced,
     "network-default-deny": check_default_deny,
-    "network-ray-ports": check_ray_network,
+    "network-ray-cluster": check_ray_network,
     "network-dashboard-in-namespace": check_dashboard_scope,
     "network-serve-from-ingress": check_serve_ingress,
     "network-pod-covered": check_pods_covered,

@@ -186,7 +186,7 @@ def test_cli_check_reports_every_check_and_passes(capsys):
     payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert payload["ok"] is True and payload["failed"] == 0 and payload["checks"] == payload["passed"] > 200
     names = {f["check"] for f in payload["findings"]}
-    assert {"crd-schema", "read-only-root-filesystem", "autoscaler-node-types", "network-ray-ports"} <= names
+    assert {"crd-schema", "read-only-root-filesystem", "autoscaler-node-types", "network-ray-cluster"} <= names
 
 
 def test_cli_check_fails_with_a_readable_report(monkeypatch, capsys):

@@ -27,7 +27,7 @@ def test_every_overlay_passes_the_checklist(rendered, overlay):
     findings = policy.policy_findings(rendered[overlay])
     errors = [f"{f.check} {f.obj}: {f.message}" for f in findings if not f.ok and f.severity == "error"]
     assert not errors, "\n".join(errors)
-    assert set(policy.POD_CHECKS) | {"namespace-pss-restricted", "network-default-deny", "network-ray-ports",
+    assert set(policy.POD_CHECKS) | {"namespace-pss-restricted", "network-default-deny", "network-ray-cluster",
                                     "network-dashboard-in-namespace", "network-serve-from-ingress", "rbac-least-privilege",
                                     "quota-fits-max-scale", "pdb-serve-workers", "serve-config-in-sync"} <= {f.check for f in findings}
 
@@ -123,13 +123,67 @@ def test_missing_default_deny_fails(rendered):
     assert "no NetworkPolicy with podSelector {}" in _namespace_failure(objects, "network-default-deny")
 
 
-def test_ray_port_not_allowed_between_pods_fails(rendered):
+#: The policy the manifests had before issue 9: Ray's pinned ports only, between all Ray pods of the namespace.
+_OLD_RAY_PORTS = [{"protocol": "TCP", "port": 6379, "endPort": 6383}, {"protocol": "TCP", "port": 8000},
+                  {"protocol": "TCP", "port": 8080}, {"protocol": "TCP", "port": 8265},
+                  {"protocol": "TCP", "port": 10001, "endPort": 10999}, {"protocol": "TCP", "port": 52365}]
+OLD_RAY_INTERNAL = {
+    "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+    "metadata": {"name": "ray-internal", "namespace": "rayspace"},
+    "spec": {
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "rayspace-ray"}},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "rayspace-ray"}}}],
+                     "ports": _OLD_RAY_PORTS}],
+        "egress": [{"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "rayspace-ray"}}}],
+                    "ports": _OLD_RAY_PORTS}],
+    },
+}
+
+
+def _without_ray_cluster_policies(objects):
+    return [o for o in objects if not (o["kind"] == "NetworkPolicy" and o["metadata"]["name"].startswith("ray-cluster-"))]
+
+
+def test_pinned_ports_only_between_ray_pods_fails(rendered):
+    # The defect of the old manifests: gloo and Serve's replica gRPC use ephemeral ports, which were dropped,
+    # and pods of different Ray clusters could reach each other's raylets and workers.
+    objects = _without_ray_cluster_policies(copy.deepcopy(rendered["dev"])) + [copy.deepcopy(OLD_RAY_INTERNAL)]
+    message = _namespace_failure(objects, "network-ray-cluster")
+    assert "port 32768 not allowed from RayCluster/rayspace:spec.headGroupSpec.template (same Ray cluster 'rayspace')" in message
+    assert "reachable on port 6380 from RayJob/rayspace-pipeline:spec.rayClusterSpec.headGroupSpec.template, " \
+           "a pod of another Ray cluster ('rayspace-pipeline-xxxxx')" in message
+
+
+def test_all_ports_open_across_ray_clusters_fails(rendered):
     objects = copy.deepcopy(rendered["dev"])
-    _rc(objects)["spec"]["workerGroupSpecs"][0]["rayStartParams"]["object-manager-port"] = "7777"
-    message = _namespace_failure(objects, "network-ray-ports")
-    assert "port 7777 not allowed from" in message
-    del _rc(objects)["spec"]["headGroupSpec"]["rayStartParams"]["node-manager-port"]
-    assert "rayStartParams.node-manager-port is not pinned" in _namespace_failure(objects, "network-ray-ports")
+    pol = manifests.find(objects, "NetworkPolicy", "ray-cluster-rayspace")
+    everyone = {"matchLabels": {"app.kubernetes.io/name": "rayspace-ray"}}
+    pol["spec"]["podSelector"] = everyone
+    pol["spec"]["ingress"][0]["from"][0]["podSelector"] = everyone
+    pol["spec"]["egress"][0]["to"][0]["podSelector"] = everyone
+    message = _namespace_failure(objects, "network-ray-cluster")
+    assert "a pod of another Ray cluster ('rayspace-serve-xxxxx'); select peers by their own cluster" in message
+
+
+def test_ray_pod_template_without_owner_label_is_cut_off(rendered):
+    objects = copy.deepcopy(rendered["dev"])
+    svc = manifests.find(objects, "RayService")
+    del svc["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["metadata"]["labels"]["rayspace.io/ray-owner"]
+    message = _namespace_failure(objects, "network-ray-cluster")
+    assert "not allowed from RayService/rayspace-serve:spec.rayClusterConfig.headGroupSpec.template" in message
+
+
+def test_kuberay_pod_labels_are_modelled(rendered):
+    from cluster._internal.objects import pod_labels
+
+    labels = {t.where: pod_labels(t) for o in rendered["dev"] for t in pod_templates(o)}
+    head = labels["RayCluster/rayspace:spec.headGroupSpec.template"]
+    assert head["ray.io/cluster"] == "rayspace" and head["ray.io/node-type"] == "head"
+    assert head["app.kubernetes.io/name"] == "rayspace-ray", "template labels override KubeRay's app name"
+    assert labels["RayService/rayspace-serve:spec.rayClusterConfig.workerGroupSpecs[0].template"]["ray.io/cluster"] \
+        == "rayspace-serve-xxxxx"
+    assert "ray.io/cluster" not in labels["RayJob/rayspace-pipeline:spec.submitterPodTemplate"]
 
 
 def test_dashboard_opened_outside_the_namespace_fails(rendered):
