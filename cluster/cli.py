@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     from cluster import cli_manifests
 
     cli_manifests.register(cluster_sub, common)  # render, check, simulate, sync-serve
+    from cluster import cli_emulate
+
+    cli_emulate.register(cluster_sub, common)  # emulate up|status|env|exec|kill|explain|down
     from cluster import cli_client
 
     cli_client.register(subparsers, cluster_sub, common)  # up, down, status, scale, token, connect + the `job` group

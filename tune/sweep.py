@@ -266,7 +266,10 @@ def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None) -> 
     for params in sample_configs(tc):
         _validate_trial_config(cfg, params)  # fail before any trial starts if a sampled value breaks a rule
     start = time.monotonic()
-    cluster_cpus = float(ray.cluster_resources().get("CPU", 0))
+    from workloads.runtime import cluster_cpu_capacity
+
+    # The configured maximum on an autoscaling cluster (trials wait for nodes to come), else what is up.
+    cluster_cpus, _ = cluster_cpu_capacity()
     concurrency = plan_concurrency(tc, cfg.train.cpus_per_worker, cluster_cpus)
     processed = processed or process(cfg.data)
     storage = resolve_storage(tc.storage_path)

@@ -270,9 +270,12 @@ def cli_run(args: argparse.Namespace) -> int:
 
     from workloads.cli import config_from_args, emit, progress
 
-    cfg = config_from_args(args, config_overrides_from_args(args))
-    if args.smoke:
-        cfg = smoke_config(cfg)
+    # --smoke sits under the user's --set and flags: `--smoke --set train.num_workers=2` trains on 2 workers.
+    from workloads.config import parse_override
+
+    user = dict(parse_override(o) for o in getattr(args, "overrides", []) or [])
+    flags = {k: v for k, v in config_overrides_from_args(args).items() if v is not None}
+    cfg = config_from_args(args, {**(SMOKE_OVERRIDES if args.smoke else {}), **user, **flags})
     opts = options_from_args(args)
     # Under --json, whatever Ray prints on the driver goes to stderr: stdout ends with the summary line.
     quiet_stdout = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()

@@ -47,6 +47,32 @@ def pin_ray_address() -> None:
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
+def cluster_cpu_capacity() -> tuple[float, str]:
+    """CPUs the connected Ray cluster can offer: its configured maximum, else what is up now.
+
+    On KubeRay the autoscaler (v2) publishes every group's resources and maxReplicas in
+    the GCS; Ray Train V2 sizes its worker group from the same record
+    (``ray/train/v2/_internal/execution/worker_group/worker_group.py`` calls
+    ``get_max_resources_from_cluster_config``). A cluster scaled to zero workers then
+    still counts the CPUs it can scale up to. Without that record (a local Ray, a fixed
+    cluster) the CPUs of the nodes alive now are the capacity.
+
+    Returns:
+        ``(cpus, source)`` with source ``"max"`` (configured maximum) or ``"now"``.
+    """
+    import ray
+    from ray._private.state import state
+
+    try:
+        maximum = state.get_max_resources_from_cluster_config()
+    except Exception as e:  # noqa: BLE001 - private API: absent/changed means "no record", logged
+        logger.debug("no cluster config from the GCS: %s", e)
+        maximum = None
+    if maximum and float(maximum.get("CPU") or 0) > 0:
+        return float(maximum["CPU"]), "max"
+    return float(ray.cluster_resources().get("CPU", 0)), "now"
+
+
 def free_loopback_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     import socket

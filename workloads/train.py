@@ -51,6 +51,8 @@ class TrainResult:
     data_fingerprint: str
     elapsed_s: float
     counts: dict[str, int] = field(default_factory=dict)
+    #: Where the ranks of the last attempt ran (rank, Ray node id, node IP) and the epoch it resumed from.
+    attempt: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +65,7 @@ class TrainResult:
             "data_fingerprint": self.data_fingerprint,
             "elapsed_s": round(self.elapsed_s, 3),
             "counts": self.counts,
+            "attempt": self.attempt,
         }
 
 
@@ -74,27 +77,41 @@ def resolve_storage(path: str) -> str:
     return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
-def default_num_workers(cpus_per_worker: float) -> int:
-    """What the cluster's CPUs allow (at most 4: the dataset is small), at least 1."""
-    import ray
+def default_num_workers(cpus_per_worker: float, capacity_cpus: float | None = None) -> int:
+    """What the cluster's CPU capacity allows (at most 4: the dataset is small), at least 1.
 
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    return max(1, min(4, int(cpus // cpus_per_worker)))
+    Args:
+        cpus_per_worker: ``train.cpus_per_worker``.
+        capacity_cpus: The cluster's CPUs (default: :func:`workloads.runtime.cluster_cpu_capacity`,
+            the configured maximum on an autoscaling cluster).
+    """
+    if capacity_cpus is None:
+        from workloads.runtime import cluster_cpu_capacity
+
+        capacity_cpus = cluster_cpu_capacity()[0]
+    return max(1, min(4, int(capacity_cpus // cpus_per_worker)))
 
 
 def resolve_num_workers(train_cfg: TrainConfig) -> int:
-    """The worker count to use; fails clearly when the cluster cannot host it."""
-    import ray
+    """The worker count to use; fails clearly when the cluster can never host it.
 
-    n = train_cfg.num_workers or default_num_workers(train_cfg.cpus_per_worker)
-    cpus = float(ray.cluster_resources().get("CPU", 0))
+    On an autoscaling cluster the capacity is what the worker groups can scale up to
+    (their ``maxReplicas``), not the CPUs up right now: a cluster scaled to zero still
+    trains with every worker it can get, and a count beyond the maximum fails here
+    instead of waiting forever for nodes that cannot come.
+    """
+    from workloads.runtime import cluster_cpu_capacity
+
+    cpus, source = cluster_cpu_capacity()
+    n = train_cfg.num_workers or default_num_workers(train_cfg.cpus_per_worker, cpus)
     needed = n * train_cfg.cpus_per_worker
-    # An autoscaling cluster may add nodes, so only a local fixed-size Ray is checked strictly.
-    autoscaling = bool(os.environ.get("RAY_ADDRESS")) and cpus < needed
-    if needed > cpus and not autoscaling:
+    # A joined cluster without a published maximum may still add nodes: only check what is known.
+    unknown_max = source == "now" and bool(os.environ.get("RAY_ADDRESS"))
+    if needed > cpus and not unknown_max:
+        what = "can scale up to" if source == "max" else "has"
         raise ConfigError(
             f"Got {n} for train.num_workers: {n} workers x {train_cfg.cpus_per_worker} CPUs = {needed:g} CPUs, "
-            f"but this Ray cluster has {cpus:g}; lower train.num_workers or train.cpus_per_worker",
+            f"but this Ray cluster {what} {cpus:g}; lower train.num_workers or train.cpus_per_worker",
             [("train.num_workers", n, f"must fit the cluster's {cpus:g} CPUs")],
         )
     return n
@@ -181,6 +198,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     bare = model.module if hasattr(model, "module") else model
+    # Where each rank runs, gathered over the torch process group: it records the placement
+    # (one worker per node on a cluster) and proves the group works across nodes before training.
+    here = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+    placement = [here]
+    if world > 1 and dist.is_initialized():
+        placement = [None] * world
+        dist.all_gather_object(placement, here)
+    attempt = {"resumed_from_epoch": start_epoch - 1 if resumed is not None else None, "workers": placement}
 
     for epoch in range(start_epoch, int(tc["epochs"]) + 1):
         # Fail only in a run that did not resume, so the injected failure happens exactly once.
@@ -213,7 +238,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 save_checkpoint(
                     tmp, bare, std, arch=arch, train_config=tc, epoch=epoch, metrics=metrics,
-                    extra={"history": history, "data_fingerprint": config["data_fingerprint"],
+                    extra={"history": history, "data_fingerprint": config["data_fingerprint"], "attempt": attempt,
                            "workspace": config.get("workspace", {}), "feature_names": list(std.feature_names)},
                     train_state={"optimizer": optimizer.state_dict()},
                 )
@@ -311,9 +336,12 @@ def train(cfg: WorkspaceConfig, *, processed: "Processed | None" = None, run_nam
     with best.as_directory() as d:
         meta = read_checkpoint_meta(d)
     latest_history = meta.get("history", [])
+    attempt = meta.get("attempt", {})
     if result.checkpoint is not None and result.checkpoint.path != best.path:
         with result.checkpoint.as_directory() as d:
-            latest_history = read_checkpoint_meta(d).get("history", latest_history)
+            latest = read_checkpoint_meta(d)
+        latest_history = latest.get("history", latest_history)
+        attempt = latest.get("attempt", attempt)
     return TrainResult(
         checkpoint=best.path if "://" not in storage else f"{storage.split('://')[0]}://{best.path}",
         metrics={k: v for k, v in meta["metrics"].items()},
@@ -324,6 +352,7 @@ def train(cfg: WorkspaceConfig, *, processed: "Processed | None" = None, run_nam
         data_fingerprint=processed.fingerprint,
         elapsed_s=time.monotonic() - start,
         counts=processed.counts,
+        attempt=attempt,
     )
 
 
