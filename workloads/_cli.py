@@ -34,12 +34,19 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     syn = data_sub.add_parser("synth", parents=[common], help="write a SYNTHETIC cohort with the same schema (for scale benchmarks)")
     syn.add_argument("--rows", type=int, required=True)
     syn.add_argument("--seed", type=int, default=0)
-    syn.add_argument("--lake", help="lake root (default: data.lake); a separate lake keeps real and synthetic data apart")
+    syn.add_argument("--lake", help="lake root (default: a separate lake beside data.lake, e.g. ./lake-synth); "
+                     "the generator is fitted on training-split patients only")
     syn.add_argument("--name", default="synthetic")
     syn.set_defaults(func=_data_synth)
-    ls = data_sub.add_parser("list", parents=[common], help="the committed partitions and their manifests")
+    ls = data_sub.add_parser("list", parents=[common], help="the current snapshot's partitions and their manifests")
     ls.add_argument("--lake")
+    ls.add_argument("--snapshot", type=int, help="list this kept snapshot instead of the current one")
     ls.set_defaults(func=_data_list)
+    gc = data_sub.add_parser("gc", parents=[common], help="delete old lake snapshots (keeps data.keep_snapshots and any a run holds)")
+    gc.add_argument("--lake")
+    gc.add_argument("--keep", type=int, help="data.keep_snapshots")
+    gc.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    gc.set_defaults(func=_data_gc)
 
     tr = subparsers.add_parser("train", parents=[common], help="train on the lake with Ray Train (TorchTrainer)")
     tr.add_argument("--epochs", type=int)
@@ -83,7 +90,9 @@ def _data_ingest(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args, {"data.lake": args.lake, "data.source": args.source})
     m = lake.ingest(cfg.data.lake, cfg.data.source, name=args.name)
-    emit(args, asdict(m), f"ingested {m.row_count} rows from {m.origin} into {cfg.data.lake} as source={m.source} ({m.content_hash})")
+    state = f"snapshot {m.snapshot}" if m.changed else f"unchanged, snapshot {m.snapshot} stays current"
+    emit(args, asdict(m), f"ingested {m.row_count} rows from {m.origin} into {cfg.data.lake} as source={m.source} "
+                          f"({m.content_hash}; {state})")
     return 0
 
 
@@ -91,9 +100,13 @@ def _data_synth(args: argparse.Namespace) -> int:
     from workloads import lake
     from workloads.cli import config_from_args, emit
 
-    cfg = config_from_args(args, {"data.lake": args.lake})
-    m = lake.synth(cfg.data.lake, args.rows, seed=args.seed, chunk_rows=cfg.data.synth_chunk_rows, name=args.name)
-    emit(args, asdict(m), f"wrote {m.row_count} SYNTHETIC rows into {cfg.data.lake} as source={m.source} ({len(m.files)} files)")
+    cfg = config_from_args(args)
+    target = args.lake or lake.synth_lake(cfg.data.lake)
+    m = lake.synth(target, args.rows, seed=args.seed, chunk_rows=cfg.data.synth_chunk_rows, name=args.name,
+                   salt=cfg.data.split_salt, val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction)
+    emit(args, {**asdict(m), "lake": target},
+         f"wrote {m.row_count} SYNTHETIC rows into {target} as source={m.source} ({len(m.files)} files; snapshot "
+         f"{m.snapshot}; generator fitted on {m.notes['fitted_on']['patients']} training-split patients)")
     return 0
 
 
@@ -102,12 +115,40 @@ def _data_list(args: argparse.Namespace) -> int:
     from workloads.cli import config_from_args, emit, print_table
 
     cfg = config_from_args(args, {"data.lake": args.lake})
-    parts = lake.list_partitions(cfg.data.lake)
+    snap = lake.resolve(cfg.data.lake, args.snapshot)
+    parts = snap.manifests
     if args.json:
-        emit(args, {"lake": cfg.data.lake, "partitions": [asdict(p) for p in parts]})
-    else:
-        print_table([{"source": p.source, "rows": p.row_count, "synthetic": p.synthetic, "created": p.created_at,
-                      "hash": p.content_hash[:19]} for p in parts])
+        emit(args, {"lake": cfg.data.lake, "snapshot": snap.id, "fingerprint": snap.fingerprint,
+                    "created_at": snap.created_at, "partitions": [asdict(p) for p in parts],
+                    "snapshots": [s.id for s in lake.snapshot_history(cfg.data.lake)]})
+        return 0
+    if snap.id:
+        kept = [s.id for s in lake.snapshot_history(cfg.data.lake)]
+        print(f"snapshot {snap.id} ({snap.operation}, {snap.created_at}); kept snapshots: {', '.join(map(str, kept))}")
+    print_table([{"source": p.source, "rows": p.row_count, "synthetic": p.synthetic, "created": p.created_at,
+                  "hash": p.content_hash[:19]} for p in parts])
+    return 0
+
+
+def _data_gc(args: argparse.Namespace) -> int:
+    from workloads import lake
+    from workloads.cli import config_from_args, emit
+
+    cfg = config_from_args(args, {"data.lake": args.lake, "data.keep_snapshots": args.keep})
+    r = lake.gc(cfg.data.lake, keep=cfg.data.keep_snapshots, lease_ttl_hours=cfg.data.lease_ttl_hours,
+                dry_run=args.dry_run)
+    verb = "would remove" if r.dry_run else "removed"
+    held = ", ".join(f"{k} ({n} lease{'s' if n > 1 else ''})" for k, n in sorted(r.held.items())) or "none"
+    lines = [
+        f"current snapshot {r.current}; kept {', '.join(map(str, r.kept))}; held by running jobs: {held}",
+        f"{verb} {len(r.removed)} snapshot(s){' ' + ', '.join(map(str, r.removed)) if r.removed else ''} and "
+        f"{len(r.removed_versions)} partition version(s) only they used",
+    ]
+    if r.stale_leases:
+        lines.append(f"{verb} {len(r.stale_leases)} stale lease(s): {'; '.join(r.stale_leases)}")
+    if r.swept:
+        lines.append(f"{verb} debris of interrupted ingests: {', '.join(r.swept)}")
+    emit(args, asdict(r), "\n".join(lines))
     return 0
 
 

@@ -57,6 +57,19 @@ class DataConfig(_Section):
         description="Keep processed splits in Ray's object store before training starts. Training workers may hold "
         "every CPU, leaving none for Ray Data tasks; false streams from the lake (give Ray Data spare CPUs).",
     )
+    snapshot: int | None = Field(
+        None, ge=1, description="Read this lake snapshot (see `rayspace data list`) instead of the current one; "
+        "None: the current one, resolved once per run.",
+    )
+    keep_snapshots: int = Field(
+        5, ge=1, description="`rayspace data gc` keeps this many newest lake snapshots, plus any a running job "
+        "holds a lease on.",
+    )
+    lease_ttl_hours: float = Field(
+        24.0, gt=0, description="A reading run's lease on a snapshot counts as stale after this many hours (or at "
+        "once when its process is gone, on the same host); `data gc` also sweeps debris of killed ingests older "
+        "than this.",
+    )
 
     @model_validator(mode="after")
     def _fractions_leave_training_data(self) -> "DataConfig":

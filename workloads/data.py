@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 
 from workloads.config import DataConfig
-from workloads.exceptions import DataError
-from workloads.lake import Manifest, lake_files, lake_fingerprint
+from workloads.exceptions import DataError, LakeNotFoundError
+from workloads import lake as _lake
+from workloads.lake import Manifest, Snapshot
 from workloads.model import Standardizer
 from workloads.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
 
@@ -101,20 +102,44 @@ class Processed:
     counts: dict[str, int]
     manifests: list[Manifest]
     fingerprint: str
+    #: The lake snapshot every split was read from (0: a lake in the pre-snapshot layout).
+    snapshot: int = 0
+
+
+def open_snapshot(data_cfg: DataConfig) -> Snapshot:
+    """Resolve the lake snapshot a run reads, once, and lease it for the rest of this process.
+
+    ``data.snapshot`` pins one; otherwise the current one. Reading only this snapshot's
+    files (each written once, never replaced) keeps the run on it whatever ingests land
+    meanwhile; the lease keeps ``rayspace data gc`` from removing it while the run lives.
+    """
+    snap = _lake.resolve(data_cfg.lake, data_cfg.snapshot)
+    if not snap.partitions:
+        raise LakeNotFoundError(
+            f'The lake at "{data_cfg.lake}" has no committed data: run `rayspace data ingest` (or set data.lake)'
+        )
+    _lake.hold(data_cfg.lake, snap.id, purpose="processing")
+    return snap
+
+
+def read_snapshot(data_cfg: DataConfig) -> tuple["ray.data.Dataset", Snapshot]:
+    """One lake snapshot as a Ray Dataset: exactly the files its manifests list."""
+    import ray.data
+
+    snap = open_snapshot(data_cfg)
+    fs, table = _lake.table_path(data_cfg.lake)
+    ds = ray.data.read_parquet(snap.files(table), filesystem=fs)
+    logger.info("reading lake snapshot %d (%s)", snap.id, snap.fingerprint)
+    return ds, snap
 
 
 def read_lake(data_cfg: DataConfig) -> tuple["ray.data.Dataset", list[Manifest]]:
-    """Read every committed lake partition as one Ray Dataset."""
-    import ray.data
-
-    fs, files, manifests = lake_files(data_cfg.lake)
-    ds = ray.data.read_parquet(files, filesystem=fs)
-    return ds, manifests
+    """Read the current (or ``data.snapshot``) lake snapshot as one Ray Dataset."""
+    ds, snap = read_snapshot(data_cfg)
+    return ds, snap.manifests
 
 
-def split_datasets(data_cfg: DataConfig) -> tuple[dict[str, "ray.data.Dataset"], list[Manifest]]:
-    """Cleaned, split (not yet standardized) datasets, one per split."""
-    ds, manifests = read_lake(data_cfg)
+def _split(ds: "ray.data.Dataset", data_cfg: DataConfig) -> dict[str, "ray.data.Dataset"]:
     cleaned = ds.map_batches(clean_batch, batch_format="pandas", fn_kwargs={"missing": data_cfg.missing})
     tagged = cleaned.map_batches(
         assign_splits,
@@ -127,8 +152,13 @@ def split_datasets(data_cfg: DataConfig) -> tuple[dict[str, "ray.data.Dataset"],
     )
     # Materialize once so the three filters below do not each re-read and re-hash the lake.
     tagged = tagged.materialize()
-    splits = {name: tagged.filter(expr=f"{SPLIT_COLUMN} == '{name}'") for name in SPLITS}
-    return splits, manifests
+    return {name: tagged.filter(expr=f"{SPLIT_COLUMN} == '{name}'") for name in SPLITS}
+
+
+def split_datasets(data_cfg: DataConfig) -> tuple[dict[str, "ray.data.Dataset"], list[Manifest]]:
+    """Cleaned, split (not yet standardized) datasets, one per split."""
+    ds, snap = read_snapshot(data_cfg)
+    return _split(ds, data_cfg), snap.manifests
 
 
 def fit_standardizer(train: "ray.data.Dataset") -> Standardizer:
@@ -155,7 +185,8 @@ def process(data_cfg: DataConfig, standardizer: Standardizer | None = None) -> P
     Returns:
         Lazy model-ready datasets ``train``/``val``/``test`` with columns ``x`` and ``y``.
     """
-    splits, manifests = split_datasets(data_cfg)
+    ds, snap = read_snapshot(data_cfg)
+    splits = _split(ds, data_cfg)
     std = standardizer or fit_standardizer(splits["train"])
     kwargs: dict[str, Any] = {"mean": std.mean, "scale": std.scale}
     ready = {name: ds.map_batches(standardize_batch, batch_format="pandas", fn_kwargs=kwargs) for name, ds in splits.items()}
@@ -170,5 +201,5 @@ def process(data_cfg: DataConfig, standardizer: Standardizer | None = None) -> P
                 f"the {name} split is empty ({sum(counts.values())} usable rows in the lake): "
                 "ingest more data or adjust data.val_fraction/data.test_fraction"
             )
-    logger.info("processed lake: %s", counts)
-    return Processed(ready, std, counts, manifests, lake_fingerprint(manifests))
+    logger.info("processed lake snapshot %d: %s", snap.id, counts)
+    return Processed(ready, std, counts, snap.manifests, snap.fingerprint, snap.id)

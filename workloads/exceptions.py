@@ -69,6 +69,10 @@ class LakeNotFoundError(DataError):
     """The lake has no committed data to read."""
 
 
+class LakeCorruptError(DataError):
+    """A lake pointer, snapshot record or manifest is not valid (e.g. edited by hand, or truncated)."""
+
+
 # --- training / tuning / models ---------------------------------------------
 
 
