@@ -42,6 +42,18 @@ PUBLIC_RAY_PORTS = frozenset({8000, 8080, 8265, 10001})
 HEAD_PORTS = (6379, 8265, 10001)
 DASHBOARD_PORT = 8265
 SERVE_PORT = 8000
+#: The label both KubeRay install methods put on the operator pod (ray-operator/config/manager/manager.yaml for
+#: kustomize, helm-chart/kuberay-operator/templates/_helpers.tpl for Helm); app.kubernetes.io/name differs.
+OPERATOR_COMPONENT_LABEL, OPERATOR_COMPONENT = "app.kubernetes.io/component", "kuberay-operator"
+#: The operator pod's labels under each install method.
+OPERATOR_POD_LABELS = {
+    "kustomize": {"app.kubernetes.io/name": "kuberay", OPERATOR_COMPONENT_LABEL: OPERATOR_COMPONENT},
+    "helm": {"app.kubernetes.io/name": "kuberay-operator", OPERATOR_COMPONENT_LABEL: OPERATOR_COMPONENT,
+             "app.kubernetes.io/instance": "kuberay-operator"},
+}
+#: Ports the operator calls on a head: the Jobs API/dashboard and the Serve proxy it health-checks.
+OPERATOR_TO_HEAD_PORTS = (DASHBOARD_PORT, SERVE_PORT)
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 #: What the in-tree autoscaler needs (see rbac.yaml); anything beyond is a finding.
 AUTOSCALER_RULES = {("", "pods"): {"get", "list", "watch"}, ("ray.io", "rayclusters"): {"get", "patch"}}
 
@@ -391,13 +403,60 @@ def check_dashboard_scope(objects: list[dict[str, Any]]) -> list[Finding]:
                 elif "namespaceSelector" in peer:
                     sel = (peer.get("namespaceSelector") or {}).get("matchLabels") or {}
                     pod = (peer.get("podSelector") or {}).get("matchLabels") or {}
-                    if pod.get("app.kubernetes.io/name") != "kuberay-operator" or not sel:
+                    if pod.get(OPERATOR_COMPONENT_LABEL) != OPERATOR_COMPONENT or not sel:
                         problems.append(f"{obj_id(p)} opens {DASHBOARD_PORT} to another namespace ({sel or 'any'})")
             if not r.get("from"):
                 problems.append(f"{obj_id(p)} opens {DASHBOARD_PORT} to every source")
     if problems:
         return [failed("network-dashboard-in-namespace", "(all)", "; ".join(problems))]
     return [passed("network-dashboard-in-namespace", "(all)", f"port {DASHBOARD_PORT} reachable only from this namespace and the KubeRay operator")]
+
+
+def _operator_namespaces(objects: list[dict[str, Any]], dst: dict[str, str], pod: dict[str, str], port: int) -> set[str]:
+    """Namespaces (by kubernetes.io/metadata.name) from which a pod labelled ``pod`` may reach ``dst`` on ``port``."""
+    out = set()
+    for p in _policies(objects):
+        spec = p.get("spec") or {}
+        if not labels_match(spec.get("podSelector"), dst) or "Ingress" not in spec.get("policyTypes", ["Ingress"]):
+            continue
+        for r in spec.get("ingress") or []:
+            if not _port_allowed(r.get("ports"), port):
+                continue
+            for peer in r.get("from") or []:
+                ns_name = ((peer.get("namespaceSelector") or {}).get("matchLabels") or {}).get(NAMESPACE_NAME_LABEL)
+                if ns_name and "podSelector" in peer and labels_match(peer["podSelector"], pod):
+                    out.add(ns_name)
+    return out
+
+
+def check_operator_reaches_head(objects: list[dict[str, Any]]) -> list[Finding]:
+    """The KubeRay operator, installed by kustomize or by Helm, reaches every head on 8265 and 8000.
+
+    KubeRay's own policy selects the operator by ``app.kubernetes.io/component`` in its namespace
+    (ray-operator/controllers/ray/networkpolicy_controller.go, buildHeadIngressRules); a selector on
+    ``app.kubernetes.io/name`` matches only one install method. Without 8265 RayJob status checks time out;
+    without 8000 a RayService never becomes ready.
+    """
+    out = []
+    for obj in objects:
+        for t in pod_templates(obj):
+            if t.role != "ray-head":
+                continue
+            dst = _labels(t)
+            problems, namespaces = [], set()
+            for method, pod in OPERATOR_POD_LABELS.items():
+                for port in OPERATOR_TO_HEAD_PORTS:
+                    ns = _operator_namespaces(objects, dst, pod, port)
+                    if not ns:
+                        problems.append(f"the operator installed by {method} (labels {pod}) cannot reach port {port}; "
+                                        f"select it by {OPERATOR_COMPONENT_LABEL}: {OPERATOR_COMPONENT} and "
+                                        f"{NAMESPACE_NAME_LABEL}: <its namespace>")
+                    namespaces |= ns
+            out.append(failed("network-operator-reaches-head", t.where, "; ".join(dict.fromkeys(problems))) if problems
+                       else passed("network-operator-reaches-head", t.where,
+                                   f"the operator (kustomize or Helm install) in {sorted(namespaces)} reaches "
+                                   f"{', '.join(map(str, OPERATOR_TO_HEAD_PORTS))}"))
+    return out
 
 
 def check_serve_ingress(objects: list[dict[str, Any]]) -> list[Finding]:
@@ -632,6 +691,7 @@ NAMESPACE_CHECKS: dict[str, Callable[[list[dict[str, Any]]], list[Finding]]] = {
     "network-default-deny": check_default_deny,
     "network-ray-cluster": check_ray_network,
     "network-dashboard-in-namespace": check_dashboard_scope,
+    "network-operator-reaches-head": check_operator_reaches_head,
     "network-serve-from-ingress": check_serve_ingress,
     "network-pod-covered": check_pods_covered,
     "rbac-least-privilege": check_rbac,

@@ -193,6 +193,29 @@ def test_dashboard_opened_outside_the_namespace_fails(rendered):
     assert "opens 8265 to an ipBlock" in _namespace_failure(objects, "network-dashboard-in-namespace")
 
 
+def test_operator_selected_by_name_in_a_fixed_namespace_fails(rendered):
+    # The old manifests' rule: app.kubernetes.io/name=kuberay-operator (Helm only) and port 8265 only.
+    objects = copy.deepcopy(rendered["dev"])
+    pol = manifests.find(objects, "NetworkPolicy", "ray-head-from-operator")
+    pol["spec"]["ingress"][0]["from"][0]["podSelector"] = {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}
+    pol["spec"]["ingress"][0]["ports"] = [{"protocol": "TCP", "port": 8265}]
+    message = _namespace_failure(objects, "network-operator-reaches-head")
+    assert "the operator installed by kustomize (labels {'app.kubernetes.io/name': 'kuberay'" in message
+    assert "cannot reach port 8265" in message
+    assert "the operator installed by helm" in message and "cannot reach port 8000" in message
+
+
+def test_operator_namespace_is_an_overlay_parameter(rendered):
+    def namespace(objects):
+        pol = manifests.find(objects, "NetworkPolicy", "ray-head-from-operator")
+        return pol["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+
+    assert namespace(manifests.render("base")) == "default"
+    assert {namespace(rendered[o]) for o in ("dev", "gpu", "ha")} == {"kuberay-system"}
+    passed = [f for f in policy.check_operator_reaches_head(rendered["dev"]) if f.ok]
+    assert len(passed) == 4 and "['kuberay-system']" in passed[0].message
+
+
 def test_rbac_beyond_the_autoscaler_fails(rendered):
     objects = copy.deepcopy(rendered["dev"])
     role = manifests.find(objects, "Role", "rayspace-autoscaler")
