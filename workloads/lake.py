@@ -488,7 +488,7 @@ def snapshot_history(lake: str) -> list[Snapshot]:
     head = _head(fs, table)
     recs = _records(fs, table)
     recs.setdefault(head.id, head)
-    return [recs[i] for i in sorted(recs, reverse=True) if i or head.id == 0]
+    return [recs[i] for i in sorted(recs, reverse=True)]
 
 
 def _commit(fs: pafs.FileSystem, table: str, ref: PartitionRef, operation: str) -> tuple[Snapshot, bool]:
@@ -502,8 +502,10 @@ def _commit(fs: pafs.FileSystem, table: str, ref: PartitionRef, operation: str) 
     same = next((p for p in head.partitions if p.manifest.source == ref.manifest.source), None)
     if same is not None and _same_data(same.manifest, ref.manifest):
         return head, False
-    if head.id and not _exists(fs, _record_path(table, head.id)):
-        # A kill between the last pointer switch and its record: write the history now.
+    if head.partitions and not _exists(fs, _record_path(table, head.id)):
+        # A kill between the last pointer switch and its record, or the first write to a lake of the
+        # earlier layout (snapshot 0): record it, so pinned readers and gc see it like any other.
+        fs.create_dir(_join(table, SNAPSHOTS), recursive=True)
         _write_atomic(fs, _record_path(table, head.id), json.dumps(head.to_dict(), indent=1).encode())
     parts = [p for p in head.partitions if p.manifest.source != ref.manifest.source] + [ref]
     new = Snapshot(

@@ -1,18 +1,20 @@
-"""The Parquet lake: ingest of good and bad input, atomicity, synthetic cohorts."""
+"""The Parquet lake: ingest of good and bad input, snapshots under faults and concurrent reads, gc, synthetic cohorts."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from workloads import lake
-from workloads.exceptions import DataError, LakeNotFoundError, SchemaError
+from workloads.exceptions import DataError, LakeCorruptError, LakeNotFoundError, SchemaError
 from workloads.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN, LAKE_SCHEMA
 
 
@@ -396,3 +398,336 @@ def test_read_during_reingest_sees_exactly_one_snapshot(tmp_path, old_and_new):
         "the reader mixed rows of two snapshots under the first one's fingerprint"
     # And a new reader sees the new snapshot, whole.
     assert _check_lake(root, {"new": second.content_hash}) == "new"
+
+
+@pytest.mark.parametrize("mode", ["interrupt", "kill"])
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_interrupt_at_every_durability_step_on_a_local_disk(tmp_path, monkeypatch, old_and_new, mode, when):
+    """The local path's own steps (fsync, os.replace, cleanup unlinks): same guarantee as above."""
+    old, new = old_and_new
+    real = {name: getattr(os, name) for name in ("fsync", "replace", "unlink")}
+
+    def run(root: str, injector: _Injector) -> None:
+        def wrap(name):
+            return lambda *a, **k: injector.step(f"os.{name}", lambda: real[name](*a, **k))
+
+        with monkeypatch.context() as m:
+            for name in real:
+                m.setattr(os, name, wrap(name))
+            lake.ingest(root, new, name="wdbc")
+
+    counter = _Injector(None, when, mode)
+    lake.ingest(str(tmp_path / "count"), old, name="wdbc")
+    run(str(tmp_path / "count"), counter)
+    assert counter.steps.count("os.replace") == 2, counter.steps  # the pointer, then the history record
+    reference = lake.ingest(str(tmp_path / "ref"), new, name="wdbc").content_hash
+    failures = []
+    for k, name in enumerate(counter.steps):
+        root = str(tmp_path / f"{when}-{mode}-{k}")
+        first = lake.ingest(root, old, name="wdbc")
+        with contextlib.suppress(KeyboardInterrupt):
+            run(root, _Injector(k, when, mode))
+        try:
+            state = _check_lake(root, {"old": first.content_hash, "new": reference})
+            # Until the pointer is replaced the old snapshot is current, from then on the new one.
+            switched = counter.steps[: k + (when == "after")].count("os.replace") >= 1
+            assert state == ("new" if switched else "old"), f"{state} after step {k}"
+            assert _check_lake(root, {"new": lake.ingest(root, new, name="wdbc").content_hash}) == "new"
+        except (AssertionError, DataError, OSError) as e:
+            failures.append(f"step {k} {name}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+    assert not failures, "\n".join(failures)
+
+
+_KILL_LOOP = """
+import sys
+from workloads import lake
+root, a, b = sys.argv[1:4]
+print("ready", flush=True)
+i = 0
+while True:
+    lake.ingest(root, (a, b)[i % 2], name="wdbc")
+    i += 1
+"""
+
+
+def test_sigkill_during_reingests_never_loses_the_partition(tmp_path, old_and_new, repo_root):
+    """Real processes killed with SIGKILL at arbitrary moments of back-to-back re-ingests."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    old, new = old_and_new
+    root = str(tmp_path / "lake")
+    hashes = {"old": lake.ingest(str(tmp_path / "ra"), old, name="wdbc").content_hash,
+              "new": lake.ingest(str(tmp_path / "rb"), new, name="wdbc").content_hash}
+    lake.ingest(root, old, name="wdbc")
+    rng = random.Random(7)
+    seen = set()
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", _KILL_LOOP, root, new, old], cwd=repo_root,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+            time.sleep(rng.uniform(0.05, 0.6))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        seen.add(_check_lake(root, hashes))
+    assert _check_lake(root, {"new": lake.ingest(root, new, name="wdbc").content_hash}) == "new"
+    assert lake.snapshot_history(root)[0].id > 2, "the killed processes committed snapshots in between"
+
+
+# ------------------------------------------------------------------ snapshots, pinning, gc
+
+
+def test_unchanged_reingest_makes_no_snapshot_changed_one_does(tmp_path, old_and_new):
+    old, new = old_and_new
+    root = str(tmp_path)
+    a = lake.ingest(root, old, name="wdbc")
+    b = lake.ingest(root, old, name="wdbc")
+    assert (a.snapshot, a.changed, b.snapshot, b.changed) == (1, True, 1, False)
+    assert _leftovers(tmp_path) == [], "the unneeded copy is removed"
+    c = lake.ingest(root, new, name="wdbc")
+    assert (c.snapshot, c.changed) == (2, True)
+    assert [s.id for s in lake.snapshot_history(root)] == [2, 1]
+
+
+def test_pinned_snapshot_reads_its_own_files_after_reingest(tmp_path, old_and_new):
+    old, new = old_and_new
+    root = str(tmp_path)
+    first = lake.ingest(root, old, name="wdbc")
+    lake.ingest(root, new, name="wdbc")
+    fs, files, manifests = lake.lake_files(root, snapshot=first.snapshot)
+    assert manifests[0].content_hash == first.content_hash
+    rows = sum(pq.read_table(f, filesystem=fs).num_rows for f in files)
+    assert rows == 569
+    snap = lake.resolve(root, 1)
+    assert snap.fingerprint.endswith("@snapshot-1") and lake.resolve(root).fingerprint.endswith("@snapshot-2")
+    assert snap.fingerprint.split("@")[0] == lake.lake_fingerprint(snap.manifests), "hash part = content only"
+    with pytest.raises(LakeNotFoundError, match=r"Got 7 for data.snapshot: .*no such snapshot \(kept: \[1, 2\]"):
+        lake.resolve(root, 7)
+
+
+def test_two_sources_committed_concurrently_both_stay(tmp_path, wdbc):
+    import threading
+
+    root = str(tmp_path / "lake")
+    srcs = []
+    for name in ("north", "south"):
+        (tmp_path / name).mkdir()
+        wdbc.assign(patient_id=name + wdbc[ID_COLUMN]).to_csv(tmp_path / name / "a.csv", index=False)
+        srcs.append(str(tmp_path / name))
+    errors = []
+
+    def go(src):
+        try:
+            lake.ingest(root, src)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(s,)) for s in srcs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert [p.source for p in lake.list_partitions(root)] == ["north", "south"]
+
+
+def _age_lease(path, hours: float) -> None:
+    import datetime as dt
+
+    d = json.loads(open(path).read())
+    d["created_at"] = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=hours)).isoformat(timespec="seconds")
+    open(path, "w").write(json.dumps(d))
+
+
+def test_gc_keeps_newest_and_leased_snapshots_and_frees_the_rest(tmp_path, wdbc):
+    root = str(tmp_path)
+    snaps = []
+    for i in range(5):
+        src = tmp_path / f"s{i}.csv"
+        wdbc.assign(mean_radius=wdbc["mean_radius"] + i).to_csv(src, index=False)
+        snaps.append(lake.ingest(root, str(src), name="wdbc"))
+    lease = lake.acquire_lease(root, 2, purpose="a running job")
+    dry = lake.gc(root, keep=2, lease_ttl_hours=24, dry_run=True)
+    assert (dry.removed, dry.kept, dry.held) == ([1, 3], [5, 4, 2], {2: 1})
+    assert [s.id for s in lake.snapshot_history(root)] == [5, 4, 3, 2, 1], "a dry run deletes nothing"
+    report = lake.gc(root, keep=2, lease_ttl_hours=24)
+    assert report.removed == [1, 3] and len(report.removed_versions) == 2
+    assert [s.id for s in lake.snapshot_history(root)] == [5, 4, 2]
+    fs, files, _ = lake.lake_files(root, snapshot=2)  # the leased one is still whole
+    assert sum(pq.read_table(f, filesystem=fs).num_rows for f in files) == 569
+    assert _leftovers(tmp_path) == [], "removed snapshots' files are gone"
+    with pytest.raises(LakeNotFoundError, match="no such snapshot"):
+        lake.resolve(root, 1)
+    # Released (the run ended), or stale: snapshot 2 goes at the next gc.
+    lake.release_lease(root, lease)
+    assert lake.gc(root, keep=2, lease_ttl_hours=24).removed == [2]
+
+
+def test_stale_leases_do_not_hold_snapshots(tmp_path, old_and_new):
+    import subprocess
+    import sys
+
+    old, new = old_and_new
+    root = str(tmp_path)
+    lake.ingest(root, old, name="wdbc")
+    lake.ingest(root, new, name="wdbc")
+    expired = lake.acquire_lease(root, 1)
+    _age_lease(expired.path, 30)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = lake.acquire_lease(root, 1)
+    d = json.loads(open(orphan.path).read())
+    d["pid"] = int(dead.stdout)  # a process of this host that has exited (killed runs never release)
+    open(orphan.path, "w").write(json.dumps(d))
+    live = lake.acquire_lease(root, 1)
+    r = lake.gc(root, keep=1, lease_ttl_hours=24)
+    assert r.removed == [] and r.held == {1: 1}
+    assert len(r.stale_leases) == 2 and any("over data.lease_ttl_hours=24" in s for s in r.stale_leases)
+    assert any("has exited" in s for s in r.stale_leases)
+    lake.release_lease(root, live)
+    assert lake.gc(root, keep=1, lease_ttl_hours=24).removed == [1]
+
+
+def test_gc_sweeps_debris_of_killed_ingests_only_when_old(tmp_path, wdbc):
+    root = str(tmp_path)
+    lake.ingest(root)
+    debris = tmp_path / "patients" / "source=wdbc" / "v20200101T000000-deadbeef"
+    debris.mkdir()
+    (debris / "part-00000.parquet").write_bytes(b"half")
+    fresh = tmp_path / "patients" / "source=wdbc" / f"v{__import__('datetime').datetime.utcnow():%Y%m%dT%H%M%S}-0badcafe"
+    fresh.mkdir()  # may be an ingest in progress
+    r = lake.gc(root, keep=1, lease_ttl_hours=24)
+    assert r.swept == ["source=wdbc/v20200101T000000-deadbeef"]
+    assert not debris.exists() and fresh.exists()
+
+
+def test_hold_leases_once_per_process_and_releases(tmp_path):
+    root = str(tmp_path)
+    snap = lake.ingest(root).snapshot
+    first = lake.hold(root, snap)
+    assert lake.hold(root, snap) is first
+    assert [l.snapshot for l in lake.list_leases(root)] == [snap]
+    lake.release_held()
+    assert lake.list_leases(root) == []
+    assert lake.hold(root, 0) is None, "the pre-snapshot layout is never collected: no lease"
+
+
+def test_keep_snapshots_is_validated_naming_the_field():
+    from workloads.config import load_config
+    from workloads.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match=r"Got 0 for data.keep_snapshots: must be greater than or equal to 1"):
+        load_config(None, {"data.keep_snapshots": 0})
+    with pytest.raises(ConfigError, match=r"data.lease_ttl_hours: must be greater than 0"):
+        load_config(None, {"data.lease_ttl_hours": 0})
+    with pytest.raises(DataError, match="data.keep_snapshots"):
+        lake.gc("/nonexistent", keep=0, lease_ttl_hours=1)
+
+
+def _legacy_lake(root, wdbc) -> None:
+    """A lake written by the pre-snapshot code: source=<name>/part-*.parquet + _manifest.json, no pointer."""
+    for name, frame in (("wdbc", wdbc), ("clinic", wdbc.assign(patient_id="c" + wdbc[ID_COLUMN]).head(50))):
+        part = root / "patients" / f"source={name}"
+        part.mkdir(parents=True)
+        table = pa.Table.from_pandas(frame[LAKE_SCHEMA.names], schema=LAKE_SCHEMA, preserve_index=False)
+        pq.write_table(table, part / "part-00000.parquet")
+        h = hashlib.sha256(pd.util.hash_pandas_object(frame[LAKE_SCHEMA.names], index=False).to_numpy().tobytes())
+        (part / "_manifest.json").write_text(json.dumps({
+            "source": name, "origin": "old", "row_count": len(frame), "content_hash": "sha256:" + h.hexdigest(),
+            "files": ["part-00000.parquet"], "schema": [], "created_at": "2025-01-01T00:00:00+00:00",
+            "synthetic": False, "notes": {}}))
+
+
+def test_old_layout_is_read_then_adopted_on_first_write(tmp_path, wdbc, old_and_new):
+    root = str(tmp_path)
+    _legacy_lake(tmp_path, wdbc)
+    snap = lake.resolve(root)
+    assert snap.id == 0 and [m.source for m in snap.manifests] == ["clinic", "wdbc"]
+    assert snap.fingerprint == lake.lake_fingerprint(snap.manifests), "same fingerprint as before snapshots"
+    assert _check_lake_rows(root) == 569 + 50
+    # First write: snapshot 1 references the untouched old partition in place and replaces the other.
+    m = lake.ingest(root, old_and_new[1], name="wdbc")
+    assert m.snapshot == 1
+    paths = {p.manifest.source: p.path for p in lake.resolve(root).partitions}
+    assert paths["clinic"] == "source=clinic" and paths["wdbc"].startswith("source=wdbc/v")
+    assert _check_lake_rows(root) == 569 + 50
+    # The replaced old-layout files are not in any snapshot any more; the next ingest + gc frees them.
+    assert lake.resolve(root, 0).manifests == snap.manifests, "the old layout's state is kept as snapshot 0"
+    lake.ingest(root, old_and_new[0], name="wdbc")
+    assert lake.gc(root, keep=1, lease_ttl_hours=24).removed == [0, 1]
+    assert not (tmp_path / "patients" / "source=wdbc" / "part-00000.parquet").exists()
+    assert (tmp_path / "patients" / "source=clinic" / "part-00000.parquet").exists()
+    assert _check_lake_rows(root) == 569 + 50
+
+
+def _check_lake_rows(root: str) -> int:
+    fs, files, manifests = lake.lake_files(root)
+    rows = sum(pq.read_table(f, filesystem=fs).num_rows for f in files)
+    assert rows == sum(m.row_count for m in manifests)
+    return rows
+
+
+def test_memory_uri_lake_snapshots_and_gc(wdbc, tmp_path):
+    root = f"memory://lake-{os.getpid()}-{tmp_path.name}"
+    a = lake.ingest(root)
+    src = tmp_path / "b.csv"
+    wdbc.assign(mean_radius=wdbc["mean_radius"] * 2).to_csv(src, index=False)
+    b = lake.ingest(root, str(src), name="wdbc")
+    assert (a.snapshot, b.snapshot) == (1, 2)
+    assert lake.list_partitions(root)[0].content_hash == b.content_hash
+    assert lake.list_partitions(root, snapshot=1)[0].content_hash == a.content_hash
+    assert _check_lake_rows(root) == 569
+    assert lake.gc(root, keep=1, lease_ttl_hours=24).removed == [1]
+    assert [s.id for s in lake.snapshot_history(root)] == [2]
+
+
+@pytest.mark.parametrize("target, content", [("_current.json", "{\"snapshot\": 3, \"partit"), ("_current.json", "[]")])
+def test_corrupt_pointer_is_one_clear_line(tmp_path, capsys, target, content):
+    from workloads.cli import main
+
+    lake.ingest(str(tmp_path))
+    (tmp_path / "patients" / target).write_text(content)
+    with pytest.raises(LakeCorruptError, match="_current.json: not a valid lake pointer"):
+        lake.resolve(str(tmp_path))
+    assert main(["data", "list", "--lake", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a valid lake pointer" in err[0]
+
+
+# ------------------------------------------------------------------ synth: training split only
+
+
+def test_synth_generator_never_sees_validation_or_test_patients(tmp_path, wdbc):
+    from workloads.data import split_of
+
+    split = wdbc[ID_COLUMN].map(lambda pid: split_of(pid, SPLIT["salt"], SPLIT["val_fraction"], SPLIT["test_fraction"]))
+    assert set(split) == {"train", "val", "test"}
+    held_out = split != "train"
+    base = lake.synth(str(tmp_path / "a"), 3000, seed=1, real=wdbc, **SPLIT)
+    # Every validation/test patient changed beyond recognition (and flipped): the cohort must not move.
+    wild = wdbc.copy()
+    wild.loc[held_out, list(FEATURE_NAMES)] = wild.loc[held_out, list(FEATURE_NAMES)] * 50 + 1000
+    wild.loc[held_out, LABEL_COLUMN] = 1 - wild.loc[held_out, LABEL_COLUMN]
+    same = lake.synth(str(tmp_path / "b"), 3000, seed=1, real=wild, **SPLIT)
+    assert same.content_hash == base.content_hash, "a validation/test patient influenced the generator"
+    # The check can fail: changing ONE training patient changes the cohort.
+    one = wdbc.copy()
+    i = int(np.flatnonzero(~held_out.to_numpy())[0])
+    one.loc[i, "mean_radius"] += 5
+    assert lake.synth(str(tmp_path / "c"), 3000, seed=1, real=one, **SPLIT).content_hash != base.content_hash
+    assert base.notes["fitted_on"]["patients"] == int((~held_out).sum())
+
+
+def test_synth_cli_writes_a_separate_lake_by_default(tmp_path, capsys, monkeypatch):
+    from workloads.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "synth", "--rows", "1500", "--set", "data.lake=./real"]) == 0
+    out = capsys.readouterr().out
+    assert "into ./real-synth" in out and "training-split patients" in out
+    assert not (tmp_path / "real").exists(), "nothing synthetic lands in the real lake"
+    assert [p.synthetic for p in lake.list_partitions(str(tmp_path / "real-synth"))] == [True]
