@@ -6,6 +6,11 @@ split's feature moments), never the rows themselves.
 
 Splitting hashes the patient id (with a salt from config), so the split of a
 patient never changes when data is added, and no patient lands in two splits.
+
+A run reads one lake snapshot: :func:`open_snapshot` resolves the pointer once
+(or takes ``data.snapshot``), leases it, and Ray Data reads exactly the files that
+snapshot lists, so ingests during the run change nothing it reads. The
+fingerprint recorded with the run names that snapshot (``...@snapshot-<id>``).
 """
 
 from __future__ import annotations

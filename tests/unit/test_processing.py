@@ -85,3 +85,28 @@ def test_metrics_and_confusion_matrix():
     assert m["test_precision"] == pytest.approx(2 / 3)
     assert m["test_recall"] == pytest.approx(2 / 3)
     assert m["test_roc_auc"] == pytest.approx(8 / 9)
+
+
+def test_open_snapshot_resolves_once_pins_and_leases(tmp_path):
+    from workloads import lake
+    from workloads.config import DataConfig
+    from workloads.data import open_snapshot
+    from workloads.exceptions import LakeNotFoundError
+
+    root = str(tmp_path / "lake")
+    with pytest.raises(LakeNotFoundError, match="rayspace data ingest"):
+        open_snapshot(DataConfig(lake=root))
+    first = lake.ingest(root)
+    src = tmp_path / "more.csv"
+    builtin_frame().assign(mean_radius=lambda d: d["mean_radius"] * 1.1).to_csv(src, index=False)
+    second = lake.ingest(root, str(src), name="wdbc")
+    try:
+        current = open_snapshot(DataConfig(lake=root))
+        pinned = open_snapshot(DataConfig(lake=root, snapshot=first.snapshot))
+        assert (current.id, pinned.id) == (second.snapshot, first.snapshot)
+        assert pinned.manifests[0].content_hash == first.content_hash
+        assert sorted(l.snapshot for l in lake.list_leases(root)) == [first.snapshot, second.snapshot]
+        assert lake.gc(root, keep=1, lease_ttl_hours=24).removed == [], "leased snapshots are kept"
+    finally:
+        lake.release_held()
+    assert lake.gc(root, keep=1, lease_ttl_hours=24).removed == [first.snapshot]
