@@ -48,3 +48,35 @@ def ray_local(tmp_path_factory):
         except Exception:  # noqa: BLE001 - best-effort teardown; Serve may never have started
             pass
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto) on a free loopback port with one bucket, for the session.
+
+    Skips where moto is not installed, with how to install it; under ``CI=true`` a
+    missing server fails instead, so CI never passes by skipping the S3 tests.
+    """
+    from tests import _s3server
+
+    executable = _s3server.find_moto_server()
+    if executable is None:
+        message = f"moto_server not found: {_s3server.INSTALL_HINT}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server, proc = _s3server.start(executable)
+    try:
+        yield server
+    finally:
+        _s3server.stop(proc)
+
+
+@pytest.fixture
+def s3_prefix(s3_server, monkeypatch, request):
+    """``s3://<bucket>/<test name>`` with this process's AWS variables pointing at the moto server."""
+    import re
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return f"s3://{s3_server.bucket}/{re.sub(r'[^A-Za-z0-9_.-]+', '-', request.node.name)}"

@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from workloads import storage as storage_location
 from workloads.config import Choice, LogUniform, RandInt, TuneConfig, Uniform, WorkspaceConfig, with_overrides
 from workloads.exceptions import ConfigError, TuneError
 
@@ -191,7 +192,7 @@ def _max_epochs(cfg: WorkspaceConfig) -> int:
     return cfg.train.epochs
 
 
-def _row(result: Any, metric: str, mode: str, default_epochs: int) -> TrialRow:
+def _row(result: Any, metric: str, mode: str, default_epochs: int, storage: str) -> TrialRow:
     df = result.metrics_dataframe
     cfg = dict(result.config or {})
     planned = int(cfg.get("epochs", default_epochs))
@@ -206,7 +207,8 @@ def _row(result: Any, metric: str, mode: str, default_epochs: int) -> TrialRow:
             best_metric = float(scored.loc[idx, metric])
             if CHECKPOINT_PATH_KEY in scored.columns:
                 best_ckpt = scored.loc[idx, CHECKPOINT_PATH_KEY]
-                best_ckpt = str(best_ckpt) if isinstance(best_ckpt, str) else None
+                # TuneReportCallback reports the path on the storage's filesystem, without the scheme.
+                best_ckpt = storage_location.from_fs_path(storage, best_ckpt) if isinstance(best_ckpt, str) else None
         epochs_run = int(df["training_iteration"].max()) if "training_iteration" in df.columns else len(df)
     status = "ERROR" if result.error is not None else "TERMINATED"
     trial_id = str((result.metrics or {}).get("trial_id") or (os.path.basename(str(result.path)) if result.path else "?"))
@@ -224,12 +226,7 @@ def _error_summary(error: BaseException) -> str:
 
 
 def _write_table(path: str, result: SweepResult) -> dict[str, str]:
-    """Save the trial table as CSV and JSON beside the sweep (atomically, local storage only)."""
-    if "://" in path:
-        logger.warning("trial table not written: %s is not a local path", path)
-        return {}
-    os.makedirs(path, exist_ok=True)
-    csv_path, json_path = os.path.join(path, "trials.csv"), os.path.join(path, "trials.json")
+    """Save the trial table as CSV and JSON beside the sweep, in its storage (each file atomically)."""
     buf = io.StringIO()
     keys = sorted({k for t in result.trials for k in t.config})
     writer = csv.writer(buf)
@@ -237,12 +234,12 @@ def _write_table(path: str, result: SweepResult) -> dict[str, str]:
     for t in result.trials:
         writer.writerow([t.trial_id, t.status, t.best_metric, t.epochs_run, t.epochs_planned, t.stopped_early,
                          *[t.config.get(k) for k in keys], t.error or ""])
-    for target, text in ((csv_path, buf.getvalue()), (json_path, json.dumps(result.to_dict(), indent=1, default=str))):
-        tmp = target + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    return {"csv": csv_path, "json": json_path}
+    return {
+        "csv": storage_location.write_bytes(storage_location.join(path, "trials.csv"), buf.getvalue().encode()),
+        "json": storage_location.write_bytes(
+            storage_location.join(path, "trials.json"), json.dumps(result.to_dict(), indent=1, default=str).encode()
+        ),
+    }
 
 
 def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None) -> SweepResult:
@@ -260,7 +257,7 @@ def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None) -> 
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from workloads.data import process
-    from workloads.train import new_run_name, resolve_storage
+    from workloads.train import new_run_name
 
     tc = cfg.tune
     for params in sample_configs(tc):
@@ -272,7 +269,7 @@ def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None) -> 
     cluster_cpus, _ = cluster_cpu_capacity()
     concurrency = plan_concurrency(tc, cfg.train.cpus_per_worker, cluster_cpus)
     processed = processed or process(cfg.data)
-    storage = resolve_storage(tc.storage_path)
+    storage = storage_location.canonical(tc.storage_path)
     name = new_run_name(tc.name)
     max_t = _max_epochs(cfg)
     if tc.scheduler == "asha":
@@ -285,7 +282,7 @@ def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None) -> 
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial_driver, base=cfg.model_dump(mode="json"), processed=processed,
-            storage=_join(storage, name), sweep=name,
+            storage=storage_location.join(storage, name), sweep=name,
         ),
         _driver_resources(tc),
     )
@@ -302,7 +299,7 @@ def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None) -> 
     )
     logger.info("sweep %s: %d samples, %d at a time, scheduler %s", name, tc.num_samples, concurrency, tc.scheduler)
     grid = tuner.fit()
-    rows = [_row(r, tc.metric, tc.mode, cfg.train.epochs) for r in grid]
+    rows = [_row(r, tc.metric, tc.mode, cfg.train.epochs, storage) for r in grid]
     # A trial that crashed may have reported a good early epoch; only trials that ran to their end (or were
     # stopped by the scheduler) are candidates.
     scored = [r for r in rows if r.status != "ERROR" and r.best_metric is not None and r.best_checkpoint]
@@ -311,7 +308,7 @@ def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None) -> 
         raise TuneError(f"sweep {name}: no trial finished with a checkpoint ({errors})")
     best = (max if tc.mode == "max" else min)(scored, key=lambda r: r.best_metric)
     result = SweepResult(
-        name=name, path=_join(storage, name), metric=tc.metric, mode=tc.mode, trials=rows, best=best,
+        name=name, path=storage_location.join(storage, name), metric=tc.metric, mode=tc.mode, trials=rows, best=best,
         concurrency=concurrency, elapsed_s=time.monotonic() - start,
     )
     result.files = _write_table(result.path, result)
@@ -325,6 +322,3 @@ def _driver_resources(tc: TuneConfig) -> dict[str, float]:
         resources["CPU"] = tc.trial_driver_cpus
     return resources
 
-
-def _join(a: str, b: str) -> str:
-    return f"{a.rstrip('/')}/{b}"

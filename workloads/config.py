@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workloads.exceptions import ConfigError
 
@@ -34,13 +34,24 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
+def _storage_location(value: str) -> str:
+    # One rule for every setting that names where the workspace writes (see workloads/storage.py).
+    from workloads.storage import check
+
+    return check(value)
+
+
+#: A setting that takes a local path or a storage URI (``s3://bucket/prefix``, ``file:///abs``, ...).
+StorageLocation = Annotated[str, AfterValidator(_storage_location)]
+
+
 # --------------------------------------------------------------------------- data
 
 
 class DataConfig(_Section):
     """Where the lake lives and how it is split."""
 
-    lake: str = Field("./lake", min_length=1, description="Lake root: a local dir or any pyarrow/fsspec URI.")
+    lake: StorageLocation = Field("./lake", min_length=1, description="Lake root: a local dir or any pyarrow/fsspec URI.")
     source: str | None = Field(
         None, description="CSV/Parquet file or folder to ingest; None ingests the built-in WDBC dataset."
     )
@@ -100,7 +111,7 @@ class TrainConfig(_Section):
     depth: int = Field(2, ge=1, le=16, description="Number of hidden layers.")
     dropout: float = Field(0.1, ge=0, lt=1)
     seed: int = Field(0, ge=0)
-    storage_path: str = Field("./results", min_length=1, description="Checkpoints and results: local dir or URI.")
+    storage_path: StorageLocation = Field("./results", min_length=1, description="Checkpoints and results: local dir or URI.")
     name: str = Field("wdbc-mlp", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name under storage_path.")
     max_failures: int = Field(2, ge=-1, description="Worker-group restarts from the latest checkpoint (-1: forever).")
     checkpoints_to_keep: int = Field(2, ge=1)
@@ -189,7 +200,7 @@ class TuneConfig(_Section):
     grace_period: int = Field(3, ge=1, description="ASHA: epochs every trial gets before it may be stopped.")
     reduction_factor: float = Field(2, gt=1)
     seed: int = Field(0, ge=0)
-    storage_path: str = Field("./results", min_length=1)
+    storage_path: StorageLocation = Field("./results", min_length=1)
     name: str = Field("wdbc-sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     search_space: dict[str, ParamSpec] = Field(default_factory=_default_search_space)
 
@@ -208,7 +219,7 @@ class TuneConfig(_Section):
 class RegistryConfig(_Section):
     """The model registry that promotion writes and Serve reads."""
 
-    path: str = Field("./models", min_length=1, description="Registry root: a local dir or URI.")
+    path: StorageLocation = Field("./models", min_length=1, description="Registry root: a local dir or URI.")
     model_name: str = Field("wdbc", pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", max_length=63)
     gate_metric: str = Field("test_roc_auc", description="Metric the promotion gate compares.")
     gate_mode: Literal["max", "min"] = "max"

@@ -12,13 +12,13 @@ import json
 import logging
 import os
 import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from workloads import storage
 from workloads.config import WorkspaceConfig
-from workloads.exceptions import CheckpointError, DataError
+from workloads.exceptions import CheckpointError, DataError, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -67,21 +67,8 @@ def _predict_split(cfg: WorkspaceConfig, checkpoint_dir: str) -> tuple[np.ndarra
     return np.concatenate(probs).astype(np.float64), np.concatenate(labels), {**info, "meta": model.meta}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def plot_report(path: Path, probs: np.ndarray, labels: np.ndarray, history: list[dict[str, Any]], title: str) -> None:
-    """Write a PNG with the ROC curve and the learning curves (loss, validation AUC/accuracy)."""
+def plot_report(path: str, probs: np.ndarray, labels: np.ndarray, history: list[dict[str, Any]], title: str) -> None:
+    """Write a PNG with the ROC curve and the learning curves (loss, validation AUC/accuracy) to a path or URI."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,7 +99,7 @@ def plot_report(path: Path, probs: np.ndarray, labels: np.ndarray, history: list
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
-    _write_atomic(path, buf.getvalue())
+    storage.write_bytes(path, buf.getvalue())
 
 
 def evaluate(cfg: WorkspaceConfig, checkpoint: str, *, output_dir: str | None = None) -> dict[str, Any]:
@@ -122,19 +109,26 @@ def evaluate(cfg: WorkspaceConfig, checkpoint: str, *, output_dir: str | None = 
 
     Args:
         cfg: Workspace config (the ``data`` section locates and splits the lake).
-        checkpoint: Checkpoint directory (local path; a URI is fetched first).
-        output_dir: Where to write the report; default: ``<train.storage_path>/reports/<checkpoint name>``.
+        checkpoint: Checkpoint directory: a local path or a URI (a remote one is fetched first).
+        output_dir: Where to write the report (path or URI); default:
+            ``<train.storage_path>/reports/<run name>``, in the configured storage.
 
     Returns:
         ``test_accuracy``, ``test_roc_auc``, ``test_precision``, ``test_recall``, ``test_f1``,
-        ``confusion_matrix``, ``test_rows``, plus ``report_json``/``report_png`` paths and ``checkpoint``.
+        ``confusion_matrix``, ``test_rows``, plus ``report_json``/``report_png`` locations and
+        ``checkpoint``, all in canonical form (see :mod:`workloads.storage`).
 
     Raises:
         CheckpointError: The checkpoint is incomplete or unreadable.
         DataError: The lake is empty or the test split has no rows.
     """
-    local = _localize(checkpoint)
-    probs, labels, info = _predict_split(cfg, local)
+    try:
+        uri = storage.canonical(checkpoint)
+    except StorageError as e:
+        raise CheckpointError(f'Got "{checkpoint}" for the checkpoint: {e}') from None
+    with tempfile.TemporaryDirectory(prefix="rayspace-eval-") as scratch:
+        local = _localize(uri, scratch)
+        probs, labels, info = _predict_split(cfg, local)
     metrics = compute_metrics(probs, labels)
     meta = info["meta"]
     if meta.get("data_fingerprint") and meta["data_fingerprint"] != info["data_fingerprint"]:
@@ -142,55 +136,58 @@ def evaluate(cfg: WorkspaceConfig, checkpoint: str, *, output_dir: str | None = 
             "checkpoint was trained on lake %s but the lake is now %s: test metrics use the current data",
             meta["data_fingerprint"], info["data_fingerprint"],
         )
-    out = Path(output_dir) if output_dir else Path(
-        os.path.abspath(os.path.expanduser(cfg.train.storage_path))) / "reports" / Path(local).parent.name
+    run_name = storage.name(storage.parent(uri))
+    out = output_dir or storage.join(cfg.train.storage_path, "reports", run_name)
     report = {
         **metrics,
-        "checkpoint": checkpoint,
+        "checkpoint": uri,
         "epoch": meta.get("epoch"),
         "val_metrics": meta.get("metrics", {}),
         "data_fingerprint": info["data_fingerprint"],
         "split_counts": info["counts"],
     }
-    _write_atomic(out / "report.json", json.dumps(report, indent=1, default=str).encode())
-    plot_report(out / "report.png", probs, labels, _run_history(Path(local), meta),
-                f"{Path(local).parent.name}: test accuracy {metrics['test_accuracy']:.3f}, ROC AUC {metrics['test_roc_auc']:.3f}")
-    report["report_json"] = str(out / "report.json")
-    report["report_png"] = str(out / "report.png")
+    report_json = storage.write_bytes(storage.join(out, "report.json"), json.dumps(report, indent=1, default=str).encode())
+    report_png = storage.join(out, "report.png")
+    plot_report(report_png, probs, labels, _run_history(uri, meta),
+                f"{run_name}: test accuracy {metrics['test_accuracy']:.3f}, ROC AUC {metrics['test_roc_auc']:.3f}")
+    report["report_json"] = report_json
+    report["report_png"] = storage.canonical(report_png)
     return report
 
 
-def _run_history(checkpoint_dir: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+def _run_history(checkpoint: str, meta: dict[str, Any]) -> list[dict[str, Any]]:
     """The whole run's metric history for the learning curves.
 
     The best checkpoint only knows the epochs up to itself; a later checkpoint kept
-    beside it in the same run directory knows them all.
+    beside it in the same run directory knows them all. ``model.json`` is written
+    last, so a sibling that has one is complete enough to read its history.
     """
-    from workloads.model import read_checkpoint_meta
+    from workloads.model import META_FILE
 
     history = list(meta.get("history", []))
-    for sibling in checkpoint_dir.parent.glob("checkpoint_*"):
-        if sibling == checkpoint_dir or not sibling.is_dir():
+    run = storage.parent(checkpoint)
+    own = storage.name(checkpoint)
+    for sibling, is_dir in storage.list_dir(run):
+        if sibling == own or not is_dir or not sibling.startswith("checkpoint_"):
             continue
         try:
-            other = read_checkpoint_meta(sibling).get("history", [])
-        except CheckpointError:
+            other = json.loads(storage.read_bytes(storage.join(run, sibling, META_FILE))).get("history", [])
+        except (FileNotFoundError, StorageError, ValueError):
             continue  # an incomplete sibling (e.g. being written) adds nothing
         if len(other) > len(history):
             history = list(other)
     return history
 
 
-def _localize(checkpoint: str) -> str:
-    """A local directory for a checkpoint path or URI (downloading remote ones)."""
-    if "://" not in checkpoint or checkpoint.startswith("file://"):
-        path = checkpoint.removeprefix("file://")
-        if not os.path.isdir(path):
+def _localize(checkpoint: str, scratch: str) -> str:
+    """A local directory for a canonical checkpoint location (remote ones are downloaded into ``scratch``)."""
+    if storage.is_local(checkpoint):
+        if not os.path.isdir(checkpoint):
             raise CheckpointError(f'Got "{checkpoint}" for the checkpoint: no such directory')
-        return path
-    from ray.train import Checkpoint
-
+        return checkpoint
     try:
-        return Checkpoint(checkpoint).to_directory()
-    except (OSError, ValueError) as e:
+        return str(storage.download_dir(checkpoint, os.path.join(scratch, storage.name(checkpoint))))
+    except FileNotFoundError as e:
+        raise CheckpointError(f'Got "{checkpoint}" for the checkpoint: no such directory') from e
+    except StorageError as e:
         raise CheckpointError(f'Got "{checkpoint}" for the checkpoint: cannot fetch it ({e})') from e

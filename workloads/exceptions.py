@@ -73,6 +73,13 @@ class LakeCorruptError(DataError):
     """A lake pointer, snapshot record or manifest is not valid (e.g. edited by hand, or truncated)."""
 
 
+# --- storage -----------------------------------------------------------------
+
+
+class StorageError(RayspaceError, OSError):
+    """A storage location (local path or URI) could not be opened, read or written."""
+
+
 # --- training / tuning / models ---------------------------------------------
 
 

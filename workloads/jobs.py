@@ -210,15 +210,13 @@ def write_job_record(summary: Mapping[str, Any], storage_path: str) -> str:
     name = job.get("submission_id") or "unnamed-job"
     body = json.dumps(summary, indent=1, sort_keys=False, default=str).encode()
     if is_uri(storage_path) and not storage_path.startswith("file://"):
-        import fsspec
+        from workloads import storage
+        from workloads.exceptions import StorageError
 
-        target = f"{storage_path.rstrip('/')}/{JOB_RECORDS_DIR}/{name}.json"
         try:
-            fs, path = fsspec.core.url_to_fs(target)
-            fs.pipe_file(path, body)
-        except (OSError, ValueError, ImportError) as e:
-            raise JobError(f"cannot write the job record {target}: {e}") from e
-        return target
+            return storage.write_bytes(storage.join(storage_path, JOB_RECORDS_DIR, f"{name}.json"), body)
+        except StorageError as e:
+            raise JobError(f"cannot write the job record: {e}") from e
     folder = Path(storage_path.removeprefix("file://")).expanduser() / JOB_RECORDS_DIR
     target_path = folder / f"{name}.json"
     try:

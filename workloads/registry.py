@@ -1,6 +1,6 @@
 """The model registry: immutable model versions and an atomically switched ``current`` pointer.
 
-Layout under the registry root (a local directory, ``file://`` path, or any fsspec URI)::
+Layout under the registry root (a local directory or any URI :mod:`workloads.storage` opens)::
 
     <root>/<name>/v1/            model.pt, preprocessor.json, model.json, model_card.json
     <root>/<name>/v2/            ...
@@ -41,7 +41,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workloads.exceptions import CheckpointError, ModelNotFoundError, RegistryError
+from workloads import storage
+from workloads.exceptions import CheckpointError, ModelNotFoundError, RegistryError, StorageError
 from workloads.model import META_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE, read_checkpoint_meta
 
 logger = logging.getLogger(__name__)
@@ -66,14 +67,6 @@ def _package_version(dist: str) -> str | None:
         return None
 
 
-def _is_remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
-
-
-def _strip_file_scheme(uri: str) -> str:
-    return uri[len("file://"):] if uri.startswith("file://") else uri
-
-
 def _version_number(version: str) -> int:
     m = _VERSION_RE.match(version)
     if not m:
@@ -96,7 +89,7 @@ class _LocalStore:
     """Registry storage on a local (or mounted) filesystem; renames are atomic."""
 
     def __init__(self, root: str):
-        self.root = Path(_strip_file_scheme(root)).expanduser()
+        self.root = Path(root)
 
     def model_dir(self, name: str) -> Path:
         return self.root / name
@@ -165,61 +158,52 @@ class _LocalStore:
         return self.model_dir(name) / version
 
 
-class _FsspecStore:
-    """Registry storage on any fsspec filesystem (S3, GCS, memory, ...).
+class _RemoteStore:
+    """Registry storage on an object store or any other URI (S3, GCS, HDFS, memory, ...).
 
+    Goes through :mod:`workloads.storage` (pyarrow filesystems, fsspec for the rest).
     Single-object writes (``current``) are atomic on object stores; a version is
     uploaded file by file with its card last, so readers skip incomplete versions.
     """
 
     def __init__(self, root: str, cache_dir: str | None = None):
-        import fsspec
-
-        self.fs, self.root = fsspec.core.url_to_fs(root)
-        self.protocol = root.split("://", 1)[0]
+        self.root = storage.canonical(root)
         self.cache_dir = Path(cache_dir or Path(tempfile.gettempdir()) / "rayspace-registry-cache")
 
-    def _join(self, *parts: str) -> str:
-        return "/".join([self.root.rstrip("/"), *parts])
-
     def model_dir(self, name: str) -> str:
-        return self._join(name)
+        return storage.join(self.root, name)
 
     def list_dirs(self, name: str) -> list[str]:
-        d = self.model_dir(name)
-        try:
-            entries = self.fs.ls(d, detail=True)
-        except FileNotFoundError:
-            return []
-        return [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"]
+        return [n for n, is_dir in self._list(self.model_dir(name)) if is_dir]
 
     def list_models(self) -> list[str]:
+        return sorted(n for n, is_dir in self._list(self.root) if is_dir and not n.startswith("."))
+
+    def _list(self, uri: str) -> list[tuple[str, bool]]:
         try:
-            entries = self.fs.ls(self.root, detail=True)
-        except FileNotFoundError:
-            return []
-        names = [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"]
-        return sorted(n for n in names if not n.startswith("."))
+            return storage.list_dir(uri)
+        except StorageError as e:
+            raise RegistryError(f"{uri}: cannot list ({e})") from e
 
     def read_text(self, name: str, rel: str) -> str | None:
-        p = self._join(name, rel)
+        uri = storage.join(self.root, name, rel)
         try:
-            return self.fs.cat_file(p).decode("utf-8")
+            return storage.read_bytes(uri).decode("utf-8")
         except FileNotFoundError:
             return None
-        except OSError as e:
-            raise RegistryError(f"{self.protocol}://{p}: cannot read ({e})") from e
+        except StorageError as e:
+            raise RegistryError(f"{uri}: cannot read ({e})") from e
 
     def write_text_atomic(self, name: str, rel: str, text: str) -> None:
-        p = self._join(name, rel)
+        uri = storage.join(self.root, name, rel)
         try:
-            self.fs.pipe_file(p, text.encode("utf-8"))
-        except OSError as e:
-            raise RegistryError(f"{self.protocol}://{p}: cannot write ({e})") from e
+            storage.write_bytes(uri, text.encode("utf-8"))
+        except StorageError as e:
+            raise RegistryError(f"{uri}: cannot write ({e})") from e
 
     def publish_dir(self, name: str, version: str, build: Callable[[Path], None]) -> str:
-        target = self._join(name, version)
-        if self.fs.exists(self._join(name, version, CARD_FILE)):
+        target = storage.join(self.root, name, version)
+        if self.read_text(name, f"{version}/{CARD_FILE}") is not None:
             raise FileExistsError(target)
         with tempfile.TemporaryDirectory(prefix="rayspace-version-") as staging:
             build(Path(staging))
@@ -227,28 +211,29 @@ class _FsspecStore:
                 # The card goes last so that a reader never trusts a partly uploaded version.
                 files = sorted(Path(staging).iterdir(), key=lambda p: p.name == CARD_FILE)
                 for f in files:
-                    self.fs.put_file(str(f), f"{target}/{f.name}")
-            except OSError as e:
-                raise RegistryError(f"{self.protocol}://{target}: upload failed ({e})") from e
-        return f"{self.protocol}://{target}"
+                    storage.upload_file(f, storage.join(target, f.name))
+            except (OSError, StorageError) as e:
+                raise RegistryError(f"{target}: upload failed ({e})") from e
+        return target
 
     def local_path(self, name: str, version: str) -> Path:
         """Download a version (immutable, so cached forever) and return the local copy."""
-        dest = self.cache_dir / self.protocol / self.root.strip("/") / name / version
+        scheme, _, rest = self.root.partition("://")
+        dest = self.cache_dir / scheme / rest.split("?", 1)[0].strip("/") / name / version
         if (dest / CARD_FILE).is_file():
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=dest.parent))
         try:
             for fname in (*VERSION_FILES, CARD_FILE):
-                self.fs.get_file(self._join(name, version, fname), str(tmp / fname))
+                (tmp / fname).write_bytes(storage.read_bytes(storage.join(self.root, name, version, fname)))
             if dest.exists():  # another process downloaded it meanwhile; versions are immutable
                 shutil.rmtree(tmp)
             else:
                 os.replace(tmp, dest)
-        except OSError as e:
+        except (OSError, StorageError) as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise RegistryError(f"{self.protocol}://{self._join(name, version)}: download failed ({e})") from e
+            raise RegistryError(f"{storage.join(self.root, name, version)}: download failed ({e})") from e
         return dest
 
 
@@ -317,7 +302,7 @@ class ModelRegistry:
     """Read and write model versions under one registry root.
 
     Args:
-        root: Local directory, ``file://`` path, or fsspec URI.
+        root: Local directory or URI (made canonical: see :mod:`workloads.storage`).
         cache_dir: Where remote versions are downloaded for loading (remote roots only).
     """
 
@@ -325,9 +310,13 @@ class ModelRegistry:
         root = os.fspath(root)
         if not root:
             raise RegistryError('Got "" for registry.path: must be a directory or URI')
-        self.root = root
-        self._store: _LocalStore | _FsspecStore = (
-            _FsspecStore(root, cache_dir) if _is_remote(root) else _LocalStore(root)
+        try:
+            # One canonical form, so every URI the registry hands out has the root's scheme.
+            self.root = storage.canonical(root)
+        except StorageError as e:
+            raise RegistryError(f'Got "{root}" for registry.path: {e}') from None
+        self._store: _LocalStore | _RemoteStore = (
+            _LocalStore(self.root) if storage.is_local(self.root) else _RemoteStore(self.root, cache_dir)
         )
 
     # -- reading ------------------------------------------------------------
@@ -387,7 +376,7 @@ class ModelRegistry:
             card = json.loads(text)
         except json.JSONDecodeError as e:
             raise RegistryError(f"{self._where(name)}/{version}/{CARD_FILE}: not valid JSON ({e})") from e
-        return ModelVersion(name=name, version=version, uri=f"{self._where(name)}/{version}", card=card)
+        return ModelVersion(name=name, version=version, uri=storage.join(self.root, name, version), card=card)
 
     def local_path(self, name: str, version: str = "current") -> Path:
         """A local directory holding the version's files (downloaded for remote registries)."""
@@ -395,7 +384,7 @@ class ModelRegistry:
         return self._store.local_path(name, mv.version)
 
     def _where(self, name: str) -> str:
-        return f"{self.root.rstrip('/')}/{name}"
+        return storage.join(self.root, name)
 
     # -- writing ------------------------------------------------------------
 
@@ -552,20 +541,23 @@ def build_card(
 def _resolve_checkpoint(checkpoint: str | os.PathLike[str], stack: Any) -> Path:
     """A local directory for the checkpoint (remote URIs are downloaded into a temp dir)."""
     text = os.fspath(checkpoint)
-    if not _is_remote(text):
-        path = Path(_strip_file_scheme(text)).expanduser()
+    try:
+        uri = storage.canonical(text)
+    except StorageError as e:
+        raise CheckpointError(f'Got "{text}" for CHECKPOINT: {e}') from None
+    if storage.is_local(uri):
+        path = Path(uri)
         if not path.is_dir():
             raise CheckpointError(f'Got "{text}" for CHECKPOINT: not a directory')
         return path
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(text)
     tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="rayspace-ckpt-"))
     try:
         for fname in VERSION_FILES:
-            fs.get_file(f"{root.rstrip('/')}/{fname}", os.path.join(tmp, fname))
+            Path(tmp, fname).write_bytes(storage.read_bytes(storage.join(uri, fname)))
     except FileNotFoundError as e:
-        raise CheckpointError(f'Got "{text}" for CHECKPOINT: {e}') from e
+        raise CheckpointError(f'Got "{text}" for CHECKPOINT: not a complete checkpoint ({e})') from e
+    except StorageError as e:
+        raise CheckpointError(f'Got "{text}" for CHECKPOINT: cannot fetch it ({e})') from e
     return Path(tmp)
 
 
@@ -605,8 +597,8 @@ def promote(
     with contextlib.ExitStack() as stack:
         src = _resolve_checkpoint(checkpoint, stack)
         card = build_card(src, test_metrics, trial_config=trial_config, extra=extra_card)
-        if _is_remote(os.fspath(checkpoint)):
-            card["source_checkpoint"] = os.fspath(checkpoint)  # not the temp dir it was fetched into
+        # The canonical location, with its scheme (never the temp dir a remote one was fetched into).
+        card["source_checkpoint"] = storage.canonical(checkpoint)
         previous = reg.current(name)
         current_card = reg.card(name, previous) if previous else None
         decision = gate(

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from workloads import storage as storage_location
 from workloads.config import TrainConfig, WorkspaceConfig
 from workloads.exceptions import ConfigError, TrainingError
 
@@ -70,11 +71,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def resolve_storage(path: str) -> str:
-    """Ray Train wants an absolute local path or a URI."""
-    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
 def default_num_workers(cpus_per_worker: float, capacity_cpus: float | None = None) -> int:
@@ -321,7 +317,8 @@ def train(cfg: WorkspaceConfig, *, processed: "Processed | None" = None, run_nam
     num_workers = resolve_num_workers(cfg.train)
     processed = processed or process(cfg.data)
     name = run_name or new_run_name(cfg.train.name)
-    storage = resolve_storage(cfg.train.storage_path)
+    # Ray Train wants an absolute local path or a URI: the canonical form is either.
+    storage = storage_location.canonical(cfg.train.storage_path)
     trainer = build_trainer(cfg, processed, run_name=name, storage_path=storage, num_workers=num_workers)
     logger.info("training %s with %d workers into %s", name, num_workers, storage)
     try:
@@ -343,10 +340,11 @@ def train(cfg: WorkspaceConfig, *, processed: "Processed | None" = None, run_nam
         latest_history = latest.get("history", latest_history)
         attempt = latest.get("attempt", attempt)
     return TrainResult(
-        checkpoint=best.path if "://" not in storage else f"{storage.split('://')[0]}://{best.path}",
+        # Ray reports paths on the storage's filesystem, without the scheme: put it back.
+        checkpoint=storage_location.from_fs_path(storage, best.path),
         metrics={k: v for k, v in meta["metrics"].items()},
         history=latest_history,
-        run_path=result.path,
+        run_path=storage_location.from_fs_path(storage, result.path),
         run_name=name,
         num_workers=num_workers,
         data_fingerprint=processed.fingerprint,
