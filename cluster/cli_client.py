@@ -31,6 +31,7 @@ from cluster.client import (
     from_manifest,
     objects_for,
 )
+from cluster.client import preflight
 from cluster.client.rayjob import TERMINAL_JOB_STATUSES
 from workloads.cli import config_from_args, confirm, emit, print_table, progress
 from workloads.config import WorkspaceConfig
@@ -114,11 +115,13 @@ def _up(args: argparse.Namespace) -> int:
     with _connect(args, cfg) as api:
         objects = _objects(api, cfg, args.workers)
         skip = {"RayJob"} | (set() if args.with_cron else {"RayCronJob"}) | ({"RayService"} if args.without_serve else set())
+        objects = [o for o in objects if o["kind"] not in skip]
+        # Missing StorageClasses and Secrets make the cluster stall, not fail: refuse before applying.
+        for warning in preflight.check(api, objects):
+            progress(args, f"warning: {warning}")
         rows = []
         for obj in objects:
             kind, name = obj["kind"], obj["metadata"]["name"]
-            if kind in skip:
-                continue
             res = from_manifest(api, obj)
             if kind == "Namespace":
                 # Creating a namespace needs cluster-scoped rights many users lack; an existing one is fine.

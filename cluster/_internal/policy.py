@@ -241,6 +241,22 @@ def check_ray_writable_tmp(t: PodTemplate) -> list[str]:
     return problems
 
 
+def check_fsgroup_change_policy(t: PodTemplate) -> list[str]:
+    """A pod that sets fsGroup and mounts a claim lets the kubelet skip the recursive chown when the root matches.
+
+    Without ``fsGroupChangePolicy: OnRootMismatch`` the kubelet walks the whole shared volume (lake, results,
+    models) on every pod start, which delays every Ray pod by minutes once the volume is large.
+    """
+    fs_group = (t.spec.get("securityContext") or {}).get("fsGroup")
+    claims = [v.get("name") for v in t.spec.get("volumes") or [] if "persistentVolumeClaim" in v]
+    if fs_group is None or not claims:
+        return []
+    if (t.spec.get("securityContext") or {}).get("fsGroupChangePolicy") != "OnRootMismatch":
+        return [f"securityContext.fsGroupChangePolicy must be OnRootMismatch (fsGroup {fs_group} and claim volume(s) "
+                f"{claims}: the kubelet would chown the whole volume on every start)"]
+    return []
+
+
 #: Pod-level checks: name -> (function, what passing means).
 POD_CHECKS: dict[str, tuple[Callable[[PodTemplate], list[str]], str]] = {
     "run-as-non-root": (check_run_as_non_root, "every container runs as a non-root user"),
@@ -255,6 +271,7 @@ POD_CHECKS: dict[str, tuple[Callable[[PodTemplate], list[str]], str]] = {
     "restricted-volume-types": (check_volume_types, "only volume types the restricted profile allows"),
     "service-account-token": (check_service_account, "own ServiceAccount, no automounted token"),
     "ray-writable-tmp": (check_ray_writable_tmp, "Ray's writable paths are emptyDir volumes"),
+    "fsgroup-change-policy": (check_fsgroup_change_policy, "fsGroup on a claim with fsGroupChangePolicy OnRootMismatch"),
 }
 
 
@@ -600,6 +617,26 @@ def check_volumes_exist(objects: list[dict[str, Any]]) -> list[Finding]:
     return out
 
 
+def check_pvc_storage_class(objects: list[dict[str, Any]]) -> list[Finding]:
+    """A ReadWriteMany claim names its StorageClass.
+
+    Default cloud classes are ReadWriteOnce; an RWX claim against one stays Pending and no pod mounting it
+    schedules. A ReadWriteOnce claim may use the default class (the dev overlay's kind cluster).
+    """
+    out = []
+    for pvc in _of(objects, "PersistentVolumeClaim"):
+        spec = pvc.get("spec") or {}
+        if "ReadWriteMany" not in (spec.get("accessModes") or []):
+            out.append(passed("pvc-storage-class", obj_id(pvc), "ReadWriteOnce: the default StorageClass serves it"))
+        elif not spec.get("storageClassName"):
+            out.append(failed("pvc-storage-class", obj_id(pvc),
+                              "spec.storageClassName is not set on a ReadWriteMany claim: default classes are "
+                              "ReadWriteOnce and the claim would stay Pending; name an RWX class"))
+        else:
+            out.append(passed("pvc-storage-class", obj_id(pvc), f"ReadWriteMany from StorageClass {spec['storageClassName']!r}"))
+    return out
+
+
 def check_no_secrets(objects: list[dict[str, Any]]) -> list[Finding]:
     problems = []
     for o in _of(objects, "Secret"):
@@ -698,6 +735,7 @@ NAMESPACE_CHECKS: dict[str, Callable[[list[dict[str, Any]]], list[Finding]]] = {
     "quota-fits-max-scale": check_quota,
     "pdb-serve-workers": check_pdb,
     "pvc-exists": check_volumes_exist,
+    "pvc-storage-class": check_pvc_storage_class,
     "no-secrets-in-manifests": check_no_secrets,
     "serve-ha-replicas": check_serve_ha,
 }

@@ -127,10 +127,15 @@ class _Endpoint:
                 args.append(body)
             resp = call(op, fn, *args, _preload_content=False, host=api.host, **params)
             return self._json(resp)
-        if not self.namespaced:
-            raise ManifestError(f"cluster-scoped kind {self.kind} ({self.group}) is not supported by the rayspace client")
         g, v, p = self.group, self.version, self.plural
         c = api.custom
+        if not self.namespaced:
+            # Cluster-scoped grouped kinds (StorageClass) are only read, for checks before applying.
+            if verb == "get" and subresource is None:
+                return call(op, c.get_cluster_custom_object, g, v, p, name, host=api.host, **params)
+            if verb == "list" and subresource is None:
+                return call(op, c.list_cluster_custom_object, g, v, p, host=api.host, **params)
+            raise ManifestError(f"{verb} on cluster-scoped kind {self.kind} ({self.group}) is not supported by the rayspace client")
         suffix = "_status" if subresource == "status" else ""
         if subresource not in (None, "status"):
             raise ManifestError(f"subresource {subresource} of {self.kind} is not supported")

@@ -60,6 +60,7 @@ SERVED: dict[tuple[str, str, str], tuple[str, bool, bool]] = {
     ("rbac.authorization.k8s.io", "v1", "rolebindings"): ("RoleBinding", True, False),
     ("networking.k8s.io", "v1", "networkpolicies"): ("NetworkPolicy", True, False),
     ("policy", "v1", "poddisruptionbudgets"): ("PodDisruptionBudget", True, True),
+    ("storage.k8s.io", "v1", "storageclasses"): ("StorageClass", False, False),
 }
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

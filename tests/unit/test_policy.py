@@ -81,6 +81,9 @@ BREAKAGES: dict[str, tuple[Callable[[list[dict]], None], str]] = {
     "service-account-token": (lambda o: _head(o)["containers"][0]["volumeMounts"].append(
                                   {"name": "autoscaler-token", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}),
                               "container ray-head mounts the service-account token volume ['autoscaler-token']"),
+    # The old manifests set fsGroup without fsGroupChangePolicy.
+    "fsgroup-change-policy": (lambda o: _worker(o)["securityContext"].pop("fsGroupChangePolicy"),
+                              "securityContext.fsGroupChangePolicy must be OnRootMismatch (fsGroup 100 and claim volume(s) ['data']"),
     "ray-writable-tmp": (lambda o: _worker(o)["containers"][0].update(volumeMounts=[
                              m for m in _worker(o)["containers"][0]["volumeMounts"] if m["mountPath"] != "/tmp/ray"]),
                          "needs a writable emptyDir at /tmp/ray"),
@@ -241,6 +244,22 @@ def test_gpu_quota_is_required_for_gpu_groups(rendered):
 def test_serve_workers_without_pdb_fail(rendered):
     objects = [o for o in copy.deepcopy(rendered["dev"]) if o["kind"] != "PodDisruptionBudget"]
     assert "no PodDisruptionBudget selects the Serve worker pods" in _namespace_failure(objects, "pdb-serve-workers")
+
+
+@pytest.mark.parametrize("overlay", ["base", "gpu", "ha"])
+def test_rwx_claim_without_storage_class_fails(overlay):
+    # The old manifests: ReadWriteMany with no storageClassName (Pending on default cloud classes).
+    objects = manifests.render(overlay)
+    claim = manifests.find(objects, "PersistentVolumeClaim", "rayspace-data")
+    assert claim["spec"]["storageClassName"] == "rayspace-rwx"
+    del claim["spec"]["storageClassName"]
+    assert "spec.storageClassName is not set on a ReadWriteMany claim" in _namespace_failure(objects, "pvc-storage-class")
+
+
+def test_dev_claim_uses_the_default_class(rendered):
+    claim = manifests.find(rendered["dev"], "PersistentVolumeClaim", "rayspace-data")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and "storageClassName" not in claim["spec"]
+    assert all(f.ok for f in policy.check_pvc_storage_class(rendered["dev"]))
 
 
 def test_literal_credentials_fail(rendered):

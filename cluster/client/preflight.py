@@ -1,0 +1,127 @@
+"""What ``rayspace cluster up`` checks before it applies anything.
+
+Some prerequisites live outside the workspace's objects, and when one is missing the
+cluster does not fail, it stalls: a claim naming a StorageClass that does not exist
+stays Pending (no Ray pod schedules), and a pod reading a Secret that does not exist
+sits in ``CreateContainerConfigError`` (the ha overlay's ``rayspace-redis``) while
+``up`` waits for readiness. :func:`check` finds both in seconds and raises
+:class:`PreflightError` naming the object, the field and the fix.
+
+Where the user may not read what is to be checked (StorageClasses are cluster-scoped;
+Secrets need ``get`` on secrets), the check is skipped with a warning in the log: a
+missing permission is not proof that the prerequisite is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cluster.client._api import KubeApi
+from cluster.client._base import Resource, resource_class
+from workloads.exceptions import ForbiddenError, KubernetesError, NotFoundError
+
+logger = logging.getLogger(__name__)
+
+
+class PreflightError(KubernetesError):
+    """A prerequisite of the objects to apply is missing from the cluster (nothing was applied)."""
+
+
+class StorageClass(Resource):
+    """``storage.k8s.io/v1`` StorageClass (cluster-scoped; only read here)."""
+
+    api_version = "storage.k8s.io/v1"
+    kind = "StorageClass"
+    plural = "storageclasses"
+    namespaced = False
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A Secret an object to apply reads: which object, through which field."""
+
+    secret: str
+    owner: str
+    field: str
+
+
+def _walk(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(node, dict):
+        yield path, node
+        for k, v in node.items():
+            yield from _walk(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, f"{path}[{i}]")
+
+
+def secret_refs(objects: Iterable[dict[str, Any]]) -> list[SecretRef]:
+    """Secrets the objects read (``secretKeyRef``, ``secret`` volumes, ``envFrom.secretRef``) but do not create.
+
+    Secrets the KubeRay operator creates itself (the auth token Secret of ``authOptions``) are not
+    referenced from the manifests, so they do not appear here.
+    """
+    objects = list(objects)
+    created = {(o.get("metadata") or {}).get("name") for o in objects if o.get("kind") == "Secret"}
+    out: list[SecretRef] = []
+    for obj in objects:
+        owner = f"{obj.get('kind')}/{(obj.get('metadata') or {}).get('name')}"
+        for path, node in _walk(obj.get("spec") or {}, "spec"):
+            for key in ("secretKeyRef", "secretRef"):
+                name = (node.get(key) or {}).get("name") if isinstance(node.get(key), dict) else None
+                if name and name not in created:
+                    out.append(SecretRef(name, owner, f"{path}.{key}"))
+            secret_vol = node.get("secret")
+            if isinstance(secret_vol, dict) and secret_vol.get("secretName") and secret_vol["secretName"] not in created:
+                out.append(SecretRef(secret_vol["secretName"], owner, f"{path}.secret"))
+    return out
+
+
+def check(api: KubeApi, objects: list[dict[str, Any]]) -> list[str]:
+    """Check the prerequisites of ``objects``; return warnings for what could not be checked.
+
+    Raises:
+        PreflightError: A StorageClass or Secret the objects need does not exist; the message names each
+            missing one, the object and field that needs it, and how to create it.
+    """
+    problems, warnings = [], []
+    for obj in objects:
+        if obj.get("kind") != "PersistentVolumeClaim":
+            continue
+        name = (obj.get("metadata") or {}).get("name")
+        cls = (obj.get("spec") or {}).get("storageClassName")
+        if not cls:
+            continue
+        try:
+            StorageClass.get(api, cls)
+        except NotFoundError:
+            problems.append(f"PersistentVolumeClaim/{name} spec.storageClassName {cls!r}: no such StorageClass, the claim "
+                            f"would stay Pending and no Ray pod would schedule; create it (a ReadWriteMany class for "
+                            f"ReadWriteMany claims) or change storageClassName in the overlay (`kubectl get storageclass`)")
+        except ForbiddenError:
+            warnings.append(f"cannot read StorageClass {cls!r} (no rights on cluster-scoped storageclasses); "
+                            f"make sure it exists or PersistentVolumeClaim/{name} stays Pending")
+    missing: dict[str, list[SecretRef]] = {}
+    for ref in secret_refs(objects):
+        if ref.secret in missing:
+            missing[ref.secret].append(ref)
+            continue
+        try:
+            resource_class("v1", "Secret").get(api, ref.secret)
+        except NotFoundError:
+            missing[ref.secret] = [ref]
+        except ForbiddenError:
+            warnings.append(f"cannot read Secret {ref.secret!r} (no get on secrets); {ref.owner} needs it at {ref.field}")
+    for secret, refs in missing.items():
+        users = ", ".join(sorted({f"{r.owner} ({r.field})" for r in refs}))
+        problems.append(f"Secret {secret!r} does not exist in namespace {api.namespace}; needed by {users}: its pods would "
+                        f"stay in CreateContainerConfigError; create it first, e.g. `kubectl -n {api.namespace} create "
+                        f"secret generic {secret} --from-literal=password=\"$(openssl rand -hex 24)\"`")
+    for w in warnings:
+        logger.warning(w)
+    if problems:
+        raise PreflightError("nothing applied: " + "; ".join(problems))
+    return warnings

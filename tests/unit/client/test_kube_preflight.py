@@ -1,0 +1,62 @@
+"""``cluster up`` refuses, before applying anything, when a StorageClass or Secret the overlay needs is missing."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.client import KubeApi
+from cluster.client import preflight
+from cluster.client.manifests import objects_for
+from tests.fakekube import FakeKube
+from workloads.config import ClusterConfig
+from workloads.exceptions import ForbiddenError
+
+from tests.unit.client.test_kube_cli import Run, run  # noqa: F401  (the fixture)
+
+
+def _ha_objects(namespace: str = "rayspace") -> list[dict]:
+    return objects_for(ClusterConfig(overlay="ha"), namespace=namespace)
+
+
+def test_secret_references_of_the_ha_overlay():
+    refs = preflight.secret_refs(_ha_objects())
+    owners = {(r.secret, r.owner) for r in refs}
+    assert ("rayspace-redis", "RayCluster/rayspace") in owners and ("rayspace-redis", "Deployment/rayspace-redis") in owners
+    assert any(r.field.endswith("gcsFaultToleranceOptions.redisPassword.valueFrom.secretKeyRef") for r in refs)
+    assert all(r.secret == "rayspace-redis" for r in refs), "the operator's own token Secret is not a prerequisite"
+
+
+def test_missing_storage_class_and_secret_fail_at_once(api: KubeApi, fake: FakeKube):
+    with pytest.raises(preflight.PreflightError) as e:
+        preflight.check(api, _ha_objects())
+    message = str(e.value)
+    assert message.startswith("nothing applied: ")
+    assert "PersistentVolumeClaim/rayspace-data spec.storageClassName 'rayspace-rwx': no such StorageClass" in message
+    assert "Secret 'rayspace-redis' does not exist in namespace rayspace; needed by Deployment/rayspace-redis" in message
+    assert "CreateContainerConfigError" in message and "kubectl -n rayspace create secret generic rayspace-redis" in message
+
+    fake.seed({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "rayspace-rwx"},
+               "provisioner": "nfs.csi.k8s.io"})
+    fake.seed({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rayspace-redis", "namespace": "rayspace"},
+               "data": {"password": "c2VjcmV0"}})
+    assert preflight.check(api, _ha_objects()) == []
+
+
+def test_unreadable_storage_class_is_a_warning_not_an_error(api: KubeApi, monkeypatch):
+    def forbidden(*_a, **_k):
+        raise ForbiddenError("storageclasses is forbidden", status=403)
+
+    monkeypatch.setattr(preflight.StorageClass, "get", classmethod(lambda cls, *a, **k: forbidden()))
+    objects = [o for o in _ha_objects() if o["kind"] == "PersistentVolumeClaim"]
+    warnings = preflight.check(api, objects)
+    assert warnings and "cannot read StorageClass 'rayspace-rwx'" in warnings[0]
+
+
+def test_up_ha_without_the_redis_secret_applies_nothing(run: Run, fake: FakeKube):
+    fake.seed({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "rayspace-rwx"},
+               "provisioner": "nfs.csi.k8s.io"})
+    code, out, err = run("cluster", "up", "--overlay", "ha", "--timeout", "900")
+    assert code != 0
+    assert "Secret 'rayspace-redis' does not exist in namespace rayspace" in err
+    assert fake.get("RayCluster", "rayspace", "rayspace") is None
+    assert fake.get("NetworkPolicy", "default-deny-all", "rayspace") is None
