@@ -257,6 +257,83 @@ def check_fsgroup_change_policy(t: PodTemplate) -> list[str]:
     return []
 
 
+def _shm_bytes(t: PodTemplate) -> int | None:
+    """Size of the memory-backed emptyDir the Ray container mounts at /dev/shm (None without one)."""
+    ray = (t.spec.get("containers") or [{}])[0]
+    names = {m.get("name") for m in ray.get("volumeMounts") or [] if m.get("mountPath") == "/dev/shm"}
+    for v in t.spec.get("volumes") or []:
+        ed = v.get("emptyDir")
+        if v.get("name") in names and isinstance(ed, dict) and ed.get("medium") == "Memory" and ed.get("sizeLimit"):
+            return int(parse_quantity(str(ed["sizeLimit"])))
+    return None
+
+
+def object_store_bytes(t: PodTemplate, shm_bytes: int) -> int:
+    """The object store size Ray picks in this pod: ``object-store-memory`` if pinned, else Ray's own default.
+
+    The default comes from Ray's ``resolve_object_store_memory`` (ray/_private/utils.py: 30% of the memory,
+    capped by /dev/shm only when /dev/shm is over ``REQUIRE_SHM_SIZE_THRESHOLD``, 10 GB), evaluated with the
+    pod's memory limit and /dev/shm size instead of this machine's.
+    """
+    params = (t.group or {}).get("rayStartParams") or {}
+    if params.get("object-store-memory") is not None:
+        return int(parse_quantity(str(params["object-store-memory"])))
+    from unittest import mock
+
+    import ray._private.utils as ray_utils
+
+    limit = ((((t.spec.get("containers") or [{}])[0]).get("resources") or {}).get("limits") or {}).get("memory")
+    memory = int(parse_quantity(str(limit))) if limit else 0
+    with mock.patch.object(ray_utils, "get_shared_memory_bytes", return_value=shm_bytes), \
+            mock.patch.object(ray_utils.sys, "platform", "linux"):
+        return int(ray_utils.resolve_object_store_memory(memory))
+
+
+def check_object_store_in_shm(t: PodTemplate) -> list[str]:
+    """Ray's object store fits the /dev/shm volume, or Ray silently puts it on disk.
+
+    Ray uses /dev/shm only when the volume holds the whole store (ray/_private/services.py,
+    determine_plasma_store_config: ``shm_avail >= object_store_memory``), else it falls back to /tmp.
+    """
+    if t.role not in RAY_ROLES:
+        return []
+    shm = _shm_bytes(t)
+    if shm is None:
+        return ["no memory-backed emptyDir (medium: Memory, sizeLimit) at /dev/shm for the object store"]
+    store = object_store_bytes(t, shm)
+    if store > shm:
+        pinned = "object-store-memory" in ((t.group or {}).get("rayStartParams") or {})
+        how = "rayStartParams.object-store-memory" if pinned else "Ray's default (30% of the memory limit)"
+        return [f"object store {store} bytes ({how}) exceeds the /dev/shm volume ({shm} bytes): Ray would put it on "
+                f"disk under /tmp; pin rayStartParams.object-store-memory at most the shm sizeLimit or grow the volume"]
+    return []
+
+
+def check_ephemeral_storage(t: PodTemplate) -> list[str]:
+    """The Ray container requests the disk its disk-backed emptyDirs (/tmp, /tmp/ray: logs, spilling) may fill."""
+    if t.role not in RAY_ROLES:
+        return []
+    ray = (t.spec.get("containers") or [{}])[0]
+    mounted = {m.get("name") for m in ray.get("volumeMounts") or []}
+    need = 0.0
+    for v in t.spec.get("volumes") or []:
+        ed = v.get("emptyDir")
+        if v.get("name") in mounted and isinstance(ed, dict) and ed.get("medium") != "Memory":
+            if not ed.get("sizeLimit"):
+                return [f"emptyDir {v.get('name')} has no sizeLimit: a full disk would evict the pod's node neighbours"]
+            need += parse_quantity(str(ed["sizeLimit"]))
+    req = ((ray.get("resources") or {}).get("requests") or {}).get("ephemeral-storage")
+    if req is None:
+        return [f"resources.requests.ephemeral-storage is not set (its disk emptyDirs may use {need:.0f} bytes; "
+                "the scheduler would place the pod on a node without room for logs and object spilling)"]
+    if parse_quantity(str(req)) < need:
+        return [f"resources.requests.ephemeral-storage {req} is less than its disk emptyDirs' sizeLimits ({need:.0f} bytes)"]
+    return []
+
+
+#: Checks that apply to Ray head and worker pods only.
+RAY_ONLY_CHECKS = frozenset({"ray-writable-tmp", "object-store-in-shm", "ephemeral-storage-requested"})
+
 #: Pod-level checks: name -> (function, what passing means).
 POD_CHECKS: dict[str, tuple[Callable[[PodTemplate], list[str]], str]] = {
     "run-as-non-root": (check_run_as_non_root, "every container runs as a non-root user"),
@@ -272,6 +349,8 @@ POD_CHECKS: dict[str, tuple[Callable[[PodTemplate], list[str]], str]] = {
     "service-account-token": (check_service_account, "own ServiceAccount, no automounted token"),
     "ray-writable-tmp": (check_ray_writable_tmp, "Ray's writable paths are emptyDir volumes"),
     "fsgroup-change-policy": (check_fsgroup_change_policy, "fsGroup on a claim with fsGroupChangePolicy OnRootMismatch"),
+    "object-store-in-shm": (check_object_store_in_shm, "Ray's object store fits the /dev/shm volume"),
+    "ephemeral-storage-requested": (check_ephemeral_storage, "ephemeral-storage requested for the disk emptyDirs"),
 }
 
 
@@ -282,7 +361,7 @@ def pod_findings(objects: list[dict[str, Any]]) -> list[Finding]:
         for t in pod_templates(obj):
             for name, (fn, ok_text) in POD_CHECKS.items():
                 problems = fn(t)
-                if name == "ray-writable-tmp" and t.role not in RAY_ROLES:
+                if name in RAY_ONLY_CHECKS and t.role not in RAY_ROLES:
                     continue
                 findings.append(failed(name, t.where, "; ".join(problems)) if problems else passed(name, t.where, ok_text))
     return findings

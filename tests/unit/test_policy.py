@@ -84,6 +84,12 @@ BREAKAGES: dict[str, tuple[Callable[[list[dict]], None], str]] = {
     # The old manifests set fsGroup without fsGroupChangePolicy.
     "fsgroup-change-policy": (lambda o: _worker(o)["securityContext"].pop("fsGroupChangePolicy"),
                               "securityContext.fsGroupChangePolicy must be OnRootMismatch (fsGroup 100 and claim volume(s) ['data']"),
+    # The old manifests: no object-store-memory, so Ray's default (30% of 3Gi) exceeded the 512Mi /dev/shm.
+    "object-store-in-shm": (lambda o: _rc(o)["spec"]["workerGroupSpecs"][0]["rayStartParams"].pop("object-store-memory"),
+                            "object store 966367641 bytes (Ray's default (30% of the memory limit)) exceeds the /dev/shm "
+                            "volume (536870912 bytes): Ray would put it on disk"),
+    "ephemeral-storage-requested": (lambda o: _head(o)["containers"][0]["resources"]["requests"].pop("ephemeral-storage"),
+                                    "resources.requests.ephemeral-storage is not set"),
     "ray-writable-tmp": (lambda o: _worker(o)["containers"][0].update(volumeMounts=[
                              m for m in _worker(o)["containers"][0]["volumeMounts"] if m["mountPath"] != "/tmp/ray"]),
                          "needs a writable emptyDir at /tmp/ray"),
@@ -99,6 +105,27 @@ def test_each_pod_check_fails_on_a_broken_template(rendered, check):
     assert failures, f"{check} did not notice the breakage"
     assert any(expected in f.message for f in failures), [f.message for f in failures]
     assert all(f.obj.startswith("RayCluster/rayspace:spec.") for f in failures)
+
+
+def test_pinned_object_store_larger_than_shm_fails(rendered):
+    objects = copy.deepcopy(rendered["ha"])
+    _rc(objects)["spec"]["workerGroupSpecs"][0]["rayStartParams"]["object-store-memory"] = str(5 * 2**30)
+    failures = [f.message for f in policy.pod_findings(objects) if f.check == "object-store-in-shm" and not f.ok]
+    assert failures == ["object store 5368709120 bytes (rayStartParams.object-store-memory) exceeds the /dev/shm volume "
+                        "(4294967296 bytes): Ray would put it on disk under /tmp; pin rayStartParams.object-store-memory "
+                        "at most the shm sizeLimit or grow the volume"]
+
+
+def test_object_store_default_is_rays_own():
+    # Ray's resolve_object_store_memory: 30% of memory; /dev/shm caps it only above 10 GB.
+    from cluster._internal.objects import PodTemplate
+
+    t = PodTemplate("RayCluster/x", "spec.headGroupSpec.template", "ray-head",
+                    {"spec": {"containers": [{"resources": {"limits": {"memory": "10Gi"}}}]}}, {}, {"rayStartParams": {}})
+    assert policy.object_store_bytes(t, shm_bytes=2**30) == int(10 * 2**30 * 0.3)
+    assert policy.object_store_bytes(t, shm_bytes=2**30) > 2**30
+    t.group["rayStartParams"]["object-store-memory"] = "1000"
+    assert policy.object_store_bytes(t, shm_bytes=2**30) == 1000
 
 
 def test_automounted_token_is_refused(rendered):
