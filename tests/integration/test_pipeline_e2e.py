@@ -39,7 +39,9 @@ def test_smoke_run_goes_from_raw_data_to_a_served_prediction(tmp_path, repo_root
     assert summary["sweep"]["trials"] == 2
     pred = summary["prediction"]
     assert pred["label"] in (0, 1) and 0.0 <= pred["probability"] <= 1.0
-    assert (tmp_path / "lake" / "patients" / "source=wdbc" / "_manifest.json").is_file()
+    # The lake is versioned: snapshot 1 holds one immutable version of source=wdbc, and the run names it.
+    assert len(list((tmp_path / "lake" / "patients" / "source=wdbc").glob("v*/_manifest.json"))) == 1
+    assert summary["data_fingerprint"].endswith("@snapshot-1")
     assert (tmp_path / "models" / "wdbc" / "v1" / "model_card.json").is_file()
     card = json.loads((tmp_path / "models" / "wdbc" / "v1" / "model_card.json").read_text())
     assert card["test_metrics"]["test_accuracy"] == pytest.approx(summary["test_accuracy"])
