@@ -731,3 +731,48 @@ def test_synth_cli_writes_a_separate_lake_by_default(tmp_path, capsys, monkeypat
     assert "into ./real-synth" in out and "training-split patients" in out
     assert not (tmp_path / "real").exists(), "nothing synthetic lands in the real lake"
     assert [p.synthetic for p in lake.list_partitions(str(tmp_path / "real-synth"))] == [True]
+
+
+@pytest.mark.parametrize("mode", ["interrupt", "kill"])
+def test_interrupted_gc_never_leaves_a_snapshot_naming_deleted_files(tmp_path, monkeypatch, wdbc, mode):
+    import pyarrow.fs as pafs
+
+    def build(root: str) -> None:
+        for i in range(4):
+            src = tmp_path / f"gc{i}.csv"
+            if not src.exists():
+                wdbc.assign(mean_radius=wdbc["mean_radius"] + i).to_csv(src, index=False)
+            lake.ingest(root, str(src), name="wdbc")
+        lake.acquire_lease(root, 2)
+
+    def run_gc(root: str, injector: _Injector) -> None:
+        real_fs = lake._fs
+
+        def patched(uri):
+            fs, path = real_fs(uri)
+            return (_fault_fs(fs, injector) if isinstance(fs, pafs.LocalFileSystem) else fs), path
+
+        with monkeypatch.context() as m:
+            m.setattr(lake, "_fs", patched)
+            lake.gc(root, keep=1, lease_ttl_hours=24)
+
+    build(str(tmp_path / "count"))
+    counter = _Injector(None, "before", mode)
+    run_gc(str(tmp_path / "count"), counter)
+    assert len(counter.steps) >= 3, counter.steps  # two records and their versions at least
+    failures = []
+    for k, name in enumerate(counter.steps):
+        root = str(tmp_path / f"gc-{mode}-{k}")
+        build(root)
+        with contextlib.suppress(KeyboardInterrupt):
+            run_gc(root, _Injector(k, "before", mode))
+        try:
+            for snap in lake.snapshot_history(root):  # every snapshot still listed reads back whole
+                fs, files, manifests = lake.lake_files(root, snapshot=snap.id)
+                assert sum(pq.read_table(f, filesystem=fs).num_rows for f in files) == 569, snap.id
+            assert {4, 2} <= {s.id for s in lake.snapshot_history(root)}
+            lake.gc(root, keep=1, lease_ttl_hours=24)
+            assert [s.id for s in lake.snapshot_history(root)] == [4, 2]
+        except (AssertionError, DataError, OSError) as e:
+            failures.append(f"step {k} {name}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+    assert not failures, "\n".join(failures)
