@@ -20,7 +20,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="serve the registry's current model over HTTP (KServe V1) until Ctrl-C",
         description="Run the Ray Serve app locally in the foreground. Replicas follow the registry's "
                     "`current` pointer by polling it every serve.reload_poll_s seconds, so a promotion "
-                    "is picked up without a restart and without dropping requests.",
+                    "is picked up without a restart and without dropping requests. "
+                    "SIGTERM or Ctrl-C stops Serve, then Ray, removes the run's temp dir "
+                    "(<tmp>/rayspace-<uid>/<run>) and exits 0; a second signal forces the stop "
+                    "(exit 128+signal: 143 for SIGTERM, 130 for Ctrl-C). HAProxy dies with the run even if "
+                    "it is killed, and a start that finds leftovers of a killed run stops them and says so.",
     )
     p.add_argument("--host", help="address to bind (default: serve.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to bind (default: serve.port, 8000)")
@@ -96,7 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.json:
             emit(args, {"endpoint": url, "model_name": cfg.registry.model_name})
 
-    code = runner.serve_forever(cfg, on_ready=ready)
+    code = runner.serve_forever(cfg, on_ready=ready, say=lambda line: progress(args, line))
     progress(args, "stopped")
     return code
 
