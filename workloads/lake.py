@@ -408,10 +408,10 @@ def _record_path(table: str, snapshot_id: int) -> str:
 
 def _read_pointer(fs: pafs.FileSystem, table: str) -> Snapshot | None:
     path = _join(table, POINTER)
-    try:
-        d = _read_json(fs, path, "lake pointer")
-    except FileNotFoundError:
+    # Checked first: not every pyarrow filesystem maps a missing object to FileNotFoundError.
+    if not _exists(fs, path):
         return None
+    d = _read_json(fs, path, "lake pointer")
     try:
         return Snapshot.from_dict(d)
     except (KeyError, TypeError, ValueError) as e:
@@ -472,14 +472,19 @@ def resolve(lake: str, snapshot: int | None = None) -> Snapshot:
     head = _head(fs, table)
     if snapshot is None or snapshot == head.id:
         return head
+    record = _record_path(table, snapshot)
     try:
-        return Snapshot.from_dict(_read_json(fs, _record_path(table, snapshot), "snapshot record"))
+        if _exists(fs, record):
+            return Snapshot.from_dict(_read_json(fs, record, "snapshot record"))
     except FileNotFoundError:
-        kept = sorted(_records(fs, table))
-        raise LakeNotFoundError(
-            f"Got {snapshot} for data.snapshot: the lake at \"{lake}\" has no such snapshot "
-            f"(kept: {kept or [head.id]}; current: {head.id}); `rayspace data list` shows them"
-        ) from None
+        pass  # removed by gc between the two calls
+    except (KeyError, TypeError, ValueError) as e:
+        raise LakeCorruptError(f"{record}: not a valid snapshot record ({e})") from e
+    kept = sorted(_records(fs, table))
+    raise LakeNotFoundError(
+        f"Got {snapshot} for data.snapshot: the lake at \"{lake}\" has no such snapshot "
+        f"(kept: {kept or [head.id]}; current: {head.id}); `rayspace data list` shows them"
+    )
 
 
 def snapshot_history(lake: str) -> list[Snapshot]:
