@@ -670,15 +670,48 @@ def check_quota(objects: list[dict[str, Any]]) -> list[Finding]:
 
 
 def check_pdb(objects: list[dict[str, Any]]) -> list[Finding]:
+    """PodDisruptionBudgets over Ray pods use an integer minAvailable, and only where a group keeps >= 2 pods.
+
+    Ray pods belong to a RayCluster, which has no scale subresource: the disruption controller cannot
+    compute the expected pod count, so ``maxUnavailable`` or a percentage blocks every eviction and node
+    drains hang (https://kubernetes.io/docs/tasks/run-application/configure-pdb/#arbitrary-controllers-and-selectors).
+    An integer ``minAvailable`` must also stay below the group's ``minReplicas`` or it blocks drains too.
+    With GCS fault tolerance (the ha overlay) the Serve workers must be covered.
+    """
     out = []
     pdbs = _of(objects, "PodDisruptionBudget")
+    ray_pods = [t for o in objects for t in pod_templates(o) if t.role in RAY_ROLES]
+    for pdb in pdbs:
+        spec = pdb.get("spec") or {}
+        covered = [t for t in ray_pods if labels_match(spec.get("selector"), _labels(t))]
+        if not covered:
+            continue
+        problems = []
+        if "maxUnavailable" in spec:
+            problems.append(f"maxUnavailable {spec['maxUnavailable']!r} on KubeRay pods (no scale subresource) blocks every "
+                            "eviction; use an integer minAvailable")
+        min_avail = spec.get("minAvailable")
+        if min_avail is not None and not isinstance(min_avail, int):
+            problems.append(f"minAvailable {min_avail!r} is a percentage; KubeRay pods need an integer")
+        if isinstance(min_avail, int):
+            for t in covered:
+                floor = int((t.group or {}).get("minReplicas", 0) or 0)
+                if min_avail >= floor:
+                    problems.append(f"minAvailable {min_avail} >= minReplicas {floor} of {t.where}: no pod could ever be evicted")
+        out.append(failed("pdb-serve-workers", obj_id(pdb), "; ".join(problems)) if problems
+                   else passed("pdb-serve-workers", obj_id(pdb), f"integer minAvailable {min_avail} below every covered group's minReplicas"))
     for svc in _of(objects, "RayService"):
+        cspec = (svc.get("spec") or {}).get("rayClusterConfig") or {}
+        if not cspec.get("gcsFaultToleranceOptions"):
+            continue
         for t in pod_templates(svc):
             if t.role != "ray-worker":
                 continue
             hit = [p for p in pdbs if labels_match((p.get("spec") or {}).get("selector"), _labels(t))]
-            out.append(passed("pdb-serve-workers", t.where, f"covered by {obj_id(hit[0])}") if hit
-                       else failed("pdb-serve-workers", t.where, "no PodDisruptionBudget selects the Serve worker pods"))
+            if not hit:
+                out.append(failed("pdb-serve-workers", t.where, "highly available Serve workers without a PodDisruptionBudget"))
+    if not out:
+        out.append(passed("pdb-serve-workers", "(all)", "no PodDisruptionBudget needed: no highly available Serve workers"))
     return out
 
 

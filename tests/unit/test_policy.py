@@ -268,9 +268,29 @@ def test_gpu_quota_is_required_for_gpu_groups(rendered):
     assert "quota has no requests.nvidia.com/gpu" in _namespace_failure(objects, "quota-fits-max-scale")
 
 
-def test_serve_workers_without_pdb_fail(rendered):
-    objects = [o for o in copy.deepcopy(rendered["dev"]) if o["kind"] != "PodDisruptionBudget"]
-    assert "no PodDisruptionBudget selects the Serve worker pods" in _namespace_failure(objects, "pdb-serve-workers")
+def test_ha_serve_workers_without_pdb_fail(rendered):
+    objects = [o for o in copy.deepcopy(rendered["ha"]) if o["kind"] != "PodDisruptionBudget"]
+    assert "highly available Serve workers without a PodDisruptionBudget" in _namespace_failure(objects, "pdb-serve-workers")
+
+
+def test_max_unavailable_pdb_on_kuberay_pods_fails(rendered):
+    # The old manifests: maxUnavailable: 1 on the RayService's worker pods (no scale subresource: drains hang).
+    objects = copy.deepcopy(rendered["ha"])
+    pdb = manifests.find(objects, "PodDisruptionBudget", "rayspace-serve-workers")
+    del pdb["spec"]["minAvailable"]
+    pdb["spec"]["maxUnavailable"] = 1
+    assert "maxUnavailable 1 on KubeRay pods (no scale subresource) blocks every eviction" in \
+        _namespace_failure(objects, "pdb-serve-workers")
+    pdb["spec"] = {"minAvailable": "50%", "selector": pdb["spec"]["selector"]}
+    assert "minAvailable '50%' is a percentage" in _namespace_failure(objects, "pdb-serve-workers")
+    pdb["spec"]["minAvailable"] = 2
+    assert "minAvailable 2 >= minReplicas 2 of RayService/rayspace-serve" in _namespace_failure(objects, "pdb-serve-workers")
+
+
+def test_pdb_only_in_ha(rendered):
+    assert [o for o in rendered["dev"] if o["kind"] == "PodDisruptionBudget"] == []
+    assert manifests.find(rendered["ha"], "PodDisruptionBudget", "rayspace-serve-workers")["spec"]["minAvailable"] == 1
+
 
 
 @pytest.mark.parametrize("overlay", ["base", "gpu", "ha"])
