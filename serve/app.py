@@ -55,7 +55,7 @@ JSON = "application/json"
 #: Serve-config fields that ``build_app`` accepts besides ``registry`` and ``model_name``.
 APP_ARG_FIELDS = (
     "min_replicas", "max_replicas", "target_ongoing_requests", "max_ongoing_requests", "replica_cpus",
-    "max_batch_size", "batch_wait_timeout_s", "max_instances", "reload_poll_s",
+    "max_replicas_per_node", "max_batch_size", "batch_wait_timeout_s", "max_instances", "reload_poll_s",
 )
 
 
@@ -372,6 +372,8 @@ def deployment_options(serve_cfg: Any) -> dict[str, Any]:
         # Per-request access logs cost more than a small forward pass; errors are still logged.
         "logging_config": {"enable_access_log": False},
     }
+    if serve_cfg.max_replicas_per_node is not None:
+        opts["max_replicas_per_node"] = serve_cfg.max_replicas_per_node
     if serve_cfg.min_replicas == serve_cfg.max_replicas:
         opts["num_replicas"] = serve_cfg.max_replicas
     else:

@@ -36,6 +36,9 @@ def _tune(args: argparse.Namespace) -> int:
     from workloads.runtime import ensure_ray
 
     info = ensure_ray()
+    from workloads.shared_storage import check_shared
+
+    check_shared({"data.lake": cfg.data.lake, "tune.storage_path": cfg.tune.storage_path})
     progress(args, f"sweeping {cfg.tune.num_samples} trials on {info['mode']} Ray ({info['cpus']:g} CPUs)...")
     result = run_sweep(cfg)
     if not args.json:

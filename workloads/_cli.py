@@ -159,6 +159,9 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args, {"train.epochs": args.epochs, "train.num_workers": args.workers, "train.storage_path": args.storage})
     info = ensure_ray()
+    from workloads.shared_storage import check_shared
+
+    check_shared({"data.lake": cfg.data.lake, "train.storage_path": cfg.train.storage_path})
     progress(args, f"training on {info['mode']} Ray ({info['cpus']:g} CPUs)...")
     result = train(cfg)
     m = result.metrics

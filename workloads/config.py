@@ -240,6 +240,9 @@ class ServeConfig(_Section):
     target_ongoing_requests: float = Field(16, gt=0)
     max_ongoing_requests: int = Field(64, ge=1)
     replica_cpus: float = Field(0.5, gt=0)
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, description="Cap on replicas per Ray node (1: one per node, so losing a node keeps the others)."
+    )
     max_batch_size: int = Field(64, ge=1, le=4096)
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
     max_instances: int = Field(1024, ge=1, description="Largest batch one request may carry.")

@@ -79,6 +79,13 @@ def run(cfg: WorkspaceConfig, opts: PipelineOptions | None = None, progress: Pro
         summary["stages"].append(stage)
         say(f"[{stage}] {msg} ({time.monotonic() - start:.1f}s)")
 
+    if os.environ.get("RAY_ADDRESS"):
+        # On a cluster, refuse node-local storage before writing anything (the ingest included).
+        from workloads.shared_storage import check_shared
+
+        ensure_ray()
+        check_shared(storage_settings(cfg, serving=_stage_enabled("promote", opts)))
+
     if not opts.skip_ingest:
         m = lake.ingest(cfg.data.lake, cfg.data.source)
         done("ingest", f"{m.row_count} rows from {m.origin} -> {cfg.data.lake} ({m.content_hash[:19]})")
@@ -110,6 +117,7 @@ def run(cfg: WorkspaceConfig, opts: PipelineOptions | None = None, progress: Pro
     summary["checkpoint"] = result.checkpoint
     summary["train_metrics"] = result.metrics
     summary["num_workers"] = result.num_workers
+    summary["train_attempt"] = result.attempt  # where each rank ran, and the epoch a restart resumed from
     done(
         "train",
         f"{len(result.history)} epochs on {result.num_workers} workers, best val ROC AUC "
@@ -130,6 +138,15 @@ def run(cfg: WorkspaceConfig, opts: PipelineOptions | None = None, progress: Pro
 
     _serve_stages(cfg, opts, processed, result, report, summary, done, say)
     return _finish(summary, start)
+
+
+def storage_settings(cfg: WorkspaceConfig, *, serving: bool = True) -> dict[str, str]:
+    """The storage settings the pipeline writes or reads on every node (setting name -> value)."""
+    out = {"data.lake": cfg.data.lake, "train.storage_path": cfg.train.storage_path,
+           "tune.storage_path": cfg.tune.storage_path}
+    if serving:
+        out["registry.path"] = cfg.registry.path
+    return out
 
 
 def _probe_instance(cfg: WorkspaceConfig) -> tuple[str, dict[str, float], int]:
