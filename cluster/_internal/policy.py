@@ -555,6 +555,36 @@ def check_operator_reaches_head(objects: list[dict[str, Any]]) -> list[Finding]:
     return out
 
 
+#: The widest IPv4 block a Ray pod may send to: the API server's address, not the internet.
+MIN_EGRESS_PREFIX = 16
+
+
+def check_egress_narrow(objects: list[dict[str, Any]]) -> list[Finding]:
+    """Ray pods (heads run job drivers and notebooks) send nowhere outside the cluster but to named addresses.
+
+    An egress rule of a policy selecting Ray pods may not allow every destination, nor an ipBlock wider than
+    /16 (0.0.0.0/0 on 443 is the whole internet over HTTPS).
+    """
+    import ipaddress
+
+    problems = []
+    ray_labels = [_labels(t) for o in objects for t in pod_templates(o) if t.role in RAY_ROLES]
+    for p in _policies(objects):
+        spec = p.get("spec") or {}
+        if not any(labels_match(spec.get("podSelector"), lab) for lab in ray_labels):
+            continue
+        for i, r in enumerate(spec.get("egress") or []):
+            if not r.get("to"):
+                problems.append(f"{obj_id(p)} egress[{i}] allows every destination")
+            for peer in r.get("to") or []:
+                cidr = (peer.get("ipBlock") or {}).get("cidr")
+                if cidr and ipaddress.ip_network(cidr, strict=False).prefixlen < MIN_EGRESS_PREFIX:
+                    problems.append(f"{obj_id(p)} egress[{i}] allows {cidr}, wider than /{MIN_EGRESS_PREFIX}; name the "
+                                    "API server's address (overlay parameter)")
+    return [failed("network-egress-narrow", "(all)", "; ".join(problems))] if problems else [
+        passed("network-egress-narrow", "(all)", f"Ray pods reach no address block wider than /{MIN_EGRESS_PREFIX}")]
+
+
 def check_serve_ingress(objects: list[dict[str, Any]]) -> list[Finding]:
     for p in _policies(objects):
         for r in (p.get("spec") or {}).get("ingress") or []:
@@ -841,6 +871,7 @@ NAMESPACE_CHECKS: dict[str, Callable[[list[dict[str, Any]]], list[Finding]]] = {
     "network-ray-cluster": check_ray_network,
     "network-dashboard-in-namespace": check_dashboard_scope,
     "network-operator-reaches-head": check_operator_reaches_head,
+    "network-egress-narrow": check_egress_narrow,
     "network-serve-from-ingress": check_serve_ingress,
     "network-pod-covered": check_pods_covered,
     "rbac-least-privilege": check_rbac,

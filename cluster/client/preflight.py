@@ -80,6 +80,46 @@ def secret_refs(objects: Iterable[dict[str, Any]]) -> list[SecretRef]:
     return out
 
 
+def apiserver_egress_blocks(objects: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
+    """``NetworkPolicy name -> CIDRs`` of egress rules towards the API server ports (443/6443)."""
+    out: dict[str, list[str]] = {}
+    for obj in objects:
+        if obj.get("kind") != "NetworkPolicy":
+            continue
+        for rule in (obj.get("spec") or {}).get("egress") or []:
+            ports = {p.get("port") for p in rule.get("ports") or []}
+            if not ports & {443, 6443}:
+                continue
+            cidrs = [(peer.get("ipBlock") or {}).get("cidr") for peer in rule.get("to") or []]
+            out.setdefault(obj["metadata"]["name"], []).extend(c for c in cidrs if c)
+    return out
+
+
+def _check_apiserver_egress(api: KubeApi, objects: list[dict[str, Any]], warnings: list[str]) -> list[str]:
+    """The API-server egress CIDRs contain the ``kubernetes`` Service's endpoint addresses."""
+    import ipaddress
+
+    blocks = apiserver_egress_blocks(objects)
+    if not blocks:
+        return []
+    try:
+        endpoints = resource_class("v1", "Endpoints").get(api, "kubernetes", "default").raw
+    except (NotFoundError, ForbiddenError) as e:
+        warnings.append(f"cannot read Endpoints default/kubernetes ({type(e).__name__}); make sure "
+                        f"{', '.join(f'NetworkPolicy/{n} {c}' for n, c in blocks.items())} contains the API server's address")
+        return []
+    ips = [a.get("ip") for sub in endpoints.get("subsets") or [] for a in sub.get("addresses") or [] if a.get("ip")]
+    problems = []
+    for name, cidrs in blocks.items():
+        nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+        outside = [ip for ip in ips if not any(ipaddress.ip_address(ip) in n for n in nets)]
+        if outside:
+            problems.append(f"NetworkPolicy/{name} lets Ray heads reach the API server at {cidrs} but its endpoints are "
+                            f"{ips}: the autoscaler could not scale; set ipBlock.cidr to {outside[0]}/32 in the overlay's "
+                            f"ray-head-to-apiserver patch")
+    return problems
+
+
 def check(api: KubeApi, objects: list[dict[str, Any]]) -> list[str]:
     """Check the prerequisites of ``objects``; return warnings for what could not be checked.
 
@@ -104,6 +144,7 @@ def check(api: KubeApi, objects: list[dict[str, Any]]) -> list[str]:
         except ForbiddenError:
             warnings.append(f"cannot read StorageClass {cls!r} (no rights on cluster-scoped storageclasses); "
                             f"make sure it exists or PersistentVolumeClaim/{name} stays Pending")
+    problems += _check_apiserver_egress(api, objects, warnings)
     missing: dict[str, list[SecretRef]] = {}
     for ref in secret_refs(objects):
         if ref.secret in missing:

@@ -49,6 +49,7 @@ SERVED: dict[tuple[str, str, str], tuple[str, bool, bool]] = {
     ("ray.io", "v1", "raycronjobs"): ("RayCronJob", True, True),
     ("", "v1", "namespaces"): ("Namespace", False, True),
     ("", "v1", "secrets"): ("Secret", True, False),
+    ("", "v1", "endpoints"): ("Endpoints", True, False),
     ("", "v1", "services"): ("Service", True, True),
     ("", "v1", "serviceaccounts"): ("ServiceAccount", True, False),
     ("", "v1", "configmaps"): ("ConfigMap", True, False),

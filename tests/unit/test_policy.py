@@ -246,6 +246,18 @@ def test_operator_namespace_is_an_overlay_parameter(rendered):
     assert len(passed) == 4 and "['kuberay-system']" in passed[0].message
 
 
+def test_head_egress_to_the_whole_internet_fails(rendered):
+    # The old manifests: the head (job drivers, notebooks) could reach 0.0.0.0/0 on 443 and 6443.
+    objects = copy.deepcopy(rendered["gpu"])
+    pol = manifests.find(objects, "NetworkPolicy", "ray-head-to-apiserver")
+    assert pol["spec"]["egress"][0]["to"][0]["ipBlock"]["cidr"] == "192.0.2.1/32"
+    pol["spec"]["egress"][0]["to"][0]["ipBlock"]["cidr"] = "0.0.0.0/0"
+    assert "NetworkPolicy/ray-head-to-apiserver egress[0] allows 0.0.0.0/0, wider than /16" in \
+        _namespace_failure(objects, "network-egress-narrow")
+    del pol["spec"]["egress"][0]["to"]
+    assert "egress[0] allows every destination" in _namespace_failure(objects, "network-egress-narrow")
+
+
 def test_rbac_beyond_the_autoscaler_fails(rendered):
     objects = copy.deepcopy(rendered["dev"])
     role = manifests.find(objects, "Role", "rayspace-autoscaler")

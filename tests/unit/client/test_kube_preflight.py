@@ -39,6 +39,7 @@ def test_missing_storage_class_and_secret_fail_at_once(api: KubeApi, fake: FakeK
                "provisioner": "nfs.csi.k8s.io"})
     fake.seed({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rayspace-redis", "namespace": "rayspace"},
                "data": {"password": "c2VjcmV0"}})
+    fake.seed(_endpoints("192.0.2.1"))
     assert preflight.check(api, _ha_objects()) == []
 
 
@@ -60,3 +61,22 @@ def test_up_ha_without_the_redis_secret_applies_nothing(run: Run, fake: FakeKube
     assert "Secret 'rayspace-redis' does not exist in namespace rayspace" in err
     assert fake.get("RayCluster", "rayspace", "rayspace") is None
     assert fake.get("NetworkPolicy", "default-deny-all", "rayspace") is None
+
+
+def _endpoints(ip: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "kubernetes", "namespace": "default"},
+            "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]}]}
+
+
+def test_apiserver_egress_must_contain_the_endpoints(api: KubeApi, fake: FakeKube):
+    objects = [o for o in objects_for(ClusterConfig(overlay="dev"), namespace="rayspace") if o["kind"] == "NetworkPolicy"]
+    assert preflight.apiserver_egress_blocks(objects) == {"ray-head-to-apiserver": ["172.18.0.0/16"]}
+    warnings = preflight.check(api, objects)  # no Endpoints to read: a warning, not a refusal
+    assert any("cannot read Endpoints default/kubernetes" in w for w in warnings)
+    fake.seed(_endpoints("10.1.2.3"))
+    with pytest.raises(preflight.PreflightError, match=r"endpoints are \['10.1.2.3'\]: the autoscaler could not scale; "
+                                                        r"set ipBlock.cidr to 10.1.2.3/32"):
+        preflight.check(api, objects)
+    fake.remove("Endpoints", "kubernetes", "default")
+    fake.seed(_endpoints("172.18.0.3"))
+    assert preflight.check(api, objects) == []
