@@ -56,7 +56,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from workloads.exceptions import DataError, LakeCorruptError, LakeNotFoundError, SchemaError
+from workloads.exceptions import DataError, LakeCorruptError, LakeNotFoundError, SchemaError, StorageError
 from workloads.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN, LAKE_SCHEMA, snake_case
 
 logger = logging.getLogger(__name__)
@@ -160,19 +160,12 @@ class Snapshot:
 
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
     """Resolve a lake URI (plain paths included) to a pyarrow filesystem and a path on it."""
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
-    try:
-        return pafs.FileSystem.from_uri(uri)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        # fsspec covers schemes pyarrow lacks (memory://, gcs via gcsfs, ...).
-        try:
-            import fsspec
+    from workloads import storage
 
-            fs, path = fsspec.core.url_to_fs(uri)
-        except (ImportError, ValueError) as e2:
-            raise DataError(f'Got "{uri}" for data.lake: no pyarrow or fsspec filesystem handles it ({e2})') from e
-        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+    try:
+        return storage.filesystem(uri)
+    except StorageError as e:
+        raise DataError(f'Got "{uri}" for data.lake: {e}') from e
 
 
 def _join(*parts: str) -> str:
