@@ -54,6 +54,21 @@ OPERATOR_POD_LABELS = {
 #: Ports the operator calls on a head: the Jobs API/dashboard and the Serve proxy it health-checks.
 OPERATOR_TO_HEAD_PORTS = (DASHBOARD_PORT, SERVE_PORT)
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+#: The Role KubeRay v1.7.0 creates for every RayCluster with in-tree autoscaling and binds to the head's
+#: ServiceAccount (ray-operator/controllers/ray/common/rbac.go, BuildRole/BuildRoleBinding; reconciled by
+#: raycluster_controller.go reconcileAutoscalerRole). It exists whatever the manifests' own Role says.
+KUBERAY_HEAD_ROLE: dict[tuple[str, str], set[str]] = {
+    ("", "pods"): {"get", "list", "watch", "patch"},
+    ("", "pods/resize"): {"patch"},
+    ("ray.io", "rayclusters"): {"get", "patch"},
+}
+#: What the head's ServiceAccount may do, as the README states it: the in-tree autoscaler's needs plus
+#: KubeRay's Role above. ``rbac-head-effective`` fails when the effective rights exceed it.
+HEAD_RIGHTS_DOCUMENTED: dict[tuple[str, str], set[str]] = {
+    ("", "pods"): {"get", "list", "watch", "patch"},
+    ("", "pods/resize"): {"patch"},
+    ("ray.io", "rayclusters"): {"get", "patch"},
+}
 #: What the in-tree autoscaler needs (see rbac.yaml); anything beyond is a finding.
 AUTOSCALER_RULES = {("", "pods"): {"get", "list", "watch"}, ("ray.io", "rayclusters"): {"get", "patch"}}
 
@@ -632,6 +647,7 @@ def check_rbac(objects: list[dict[str, Any]]) -> list[Finding]:
                         problems.append(f"{group or 'core'}/{res} verbs {sorted(verbs - allowed_verbs)} are not needed")
         out.append(failed("rbac-least-privilege", obj_id(role), "; ".join(problems)) if problems
                    else passed("rbac-least-privilege", obj_id(role), "only what the in-tree autoscaler calls"))
+    out.extend(_head_effective_rights(objects))
     sas = {(o.get("metadata") or {}).get("name") for o in _of(objects, "ServiceAccount")}
     for rb in _of(objects, "RoleBinding"):
         missing = [s.get("name") for s in rb.get("subjects") or [] if s.get("kind") == "ServiceAccount" and s.get("name") not in sas]
@@ -644,6 +660,66 @@ def check_rbac(objects: list[dict[str, Any]]) -> list[Finding]:
     used = {t.spec.get("serviceAccountName") for o in objects for t in pod_templates(o)}
     for name in sorted(n for n in used if n and n not in sas):
         out.append(failed("serviceaccount-exists", name, f"pods use ServiceAccount {name!r}, which the overlay does not create"))
+    return out
+
+
+def _rights(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in rules or []:
+        for group in rule.get("apiGroups") or []:
+            for res in rule.get("resources") or []:
+                out.setdefault((group, res), set()).update(rule.get("verbs") or [])
+    return out
+
+
+def _fmt_rights(rights: dict[tuple[str, str], set[str]]) -> str:
+    return ", ".join(f"{g or 'core'}/{r} {'/'.join(sorted(v))}" for (g, r), v in sorted(rights.items()))
+
+
+def _head_effective_rights(objects: list[dict[str, Any]]) -> list[Finding]:
+    """What each ServiceAccount of a Ray head can really do: the manifests' RoleBindings plus KubeRay's own Role.
+
+    KubeRay binds :data:`KUBERAY_HEAD_ROLE` to the head's ServiceAccount of every autoscaling cluster,
+    so any other pod using that ServiceAccount gets those rights too.
+    """
+    roles = {(r.get("metadata") or {}).get("name"): _rights(r.get("rules") or []) for r in _of(objects, "Role")}
+    effective: dict[str, dict[tuple[str, str], set[str]]] = {}
+    sources: dict[str, set[str]] = {}
+
+    def grant(sa: str, rights: dict[tuple[str, str], set[str]], source: str) -> None:
+        for key, verbs in rights.items():
+            effective.setdefault(sa, {}).setdefault(key, set()).update(verbs)
+        sources.setdefault(sa, set()).add(source)
+
+    for rb in _of(objects, "RoleBinding"):
+        ref = rb.get("roleRef") or {}
+        for subj in rb.get("subjects") or []:
+            if subj.get("kind") == "ServiceAccount" and ref.get("kind") == "Role" and ref.get("name") in roles:
+                grant(subj["name"], roles[ref["name"]], f"Role/{ref['name']}")
+    head_sas: set[str] = set()
+    for obj in objects:
+        for t in pod_templates(obj):
+            if t.role == "ray-head":
+                sa = t.spec.get("serviceAccountName") or (pod_labels(t).get("ray.io/cluster") or "")
+                head_sas.add(sa)
+                if (t.cluster_spec or {}).get("enableInTreeAutoscaling"):
+                    grant(sa, KUBERAY_HEAD_ROLE, f"KubeRay's Role/{pod_labels(t).get('ray.io/cluster')}")
+    out = []
+    for sa in sorted(head_sas):
+        rights = effective.get(sa, {})
+        extra = {k: v - HEAD_RIGHTS_DOCUMENTED.get(k, set()) for k, v in rights.items()}
+        extra = {k: v for k, v in extra.items() if v}
+        sharers = sorted({t.where for o in objects for t in pod_templates(o)
+                          if t.role != "ray-head" and t.spec.get("serviceAccountName") == sa})
+        problems = []
+        if extra:
+            problems.append(f"can {_fmt_rights(extra)} beyond what the README documents")
+        if sharers:
+            problems.append(f"non-head pods use it and so get KubeRay's head Role too: {sharers}")
+        where = f"ServiceAccount/{sa}"
+        text = f"{_fmt_rights(rights)} (from {', '.join(sorted(sources.get(sa, set())))})"
+        out.append(failed("rbac-head-effective", where, "; ".join(problems) + f"; effective: {text}") if problems
+                   else passed("rbac-head-effective", where, f"effective rights {text}, as documented"))
     return out
 
 

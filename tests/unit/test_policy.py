@@ -267,6 +267,33 @@ def test_rbac_beyond_the_autoscaler_fails(rendered):
     assert "core/secrets is not needed by the autoscaler" in message and "verbs ['delete'] are not needed" in message
 
 
+def _head_rights(objects):
+    return {f.obj: f for f in policy.policy_findings(objects, include_sync=False) if f.check == "rbac-head-effective"}
+
+
+def test_head_rights_include_the_role_kuberay_binds(rendered):
+    # The old check modelled only the manifests' Role (pods get/list/watch); KubeRay adds its own per cluster.
+    finding = _head_rights(rendered["dev"])["ServiceAccount/rayspace-head"]
+    assert finding.ok
+    assert "core/pods get/list/patch/watch, core/pods/resize patch, ray.io/rayclusters get/patch" in finding.message
+    assert "KubeRay's Role/rayspace," in finding.message and "Role/rayspace-autoscaler" in finding.message
+
+
+def test_head_service_account_shared_with_workers_fails(rendered):
+    objects = copy.deepcopy(rendered["dev"])
+    _worker(objects)["serviceAccountName"] = "rayspace-head"
+    message = _namespace_failure(objects, "rbac-head-effective")
+    assert "non-head pods use it and so get KubeRay's head Role too: ['RayCluster/rayspace:spec.workerGroupSpecs[0].template']" \
+        in message
+
+
+def test_head_rights_beyond_the_documented_fail(rendered):
+    objects = copy.deepcopy(rendered["dev"])
+    manifests.find(objects, "Role", "rayspace-autoscaler")["rules"].append(
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})
+    assert "can core/secrets get beyond what the README documents" in _namespace_failure(objects, "rbac-head-effective")
+
+
 def test_quota_too_small_for_max_scale_fails(rendered):
     objects = copy.deepcopy(rendered["dev"])
     manifests.find(objects, "ResourceQuota")["spec"]["hard"]["limits.cpu"] = "2"
