@@ -876,27 +876,38 @@ def check_no_secrets(objects: list[dict[str, Any]]) -> list[Finding]:
 
 
 def check_serve_ha(objects: list[dict[str, Any]]) -> list[Finding]:
-    """In an overlay with GCS fault tolerance, Serve runs >= 2 replicas on different nodes."""
+    """In an overlay with GCS fault tolerance, Serve runs >= 2 replicas on different nodes.
+
+    The worker group keeps >= 2 pods spread by hostname with ``nodeTaintsPolicy: Honor`` (nodes whose taints the
+    pods do not tolerate would otherwise count towards the skew and block the second pod), and every
+    application lists its deployments with >= 2 replicas and ``max_replicas_per_node: 1`` (without a
+    deployments section the code's defaults apply: one replica, no per-node cap).
+    """
     out = []
     for svc in _of(objects, "RayService"):
         cspec = (svc.get("spec") or {}).get("rayClusterConfig") or {}
         if not cspec.get("gcsFaultToleranceOptions"):
             continue
         oid = obj_id(svc)
-        problems, warnings = [], []
+        problems = []
         for g in cspec.get("workerGroupSpecs") or []:
             if int(g.get("minReplicas", 0)) < 2:
                 problems.append(f"worker group {g.get('groupName')} minReplicas {g.get('minReplicas', 0)} < 2")
             spread = (g.get("template") or {}).get("spec", {}).get("topologySpreadConstraints") or []
             affinity = (g.get("template") or {}).get("spec", {}).get("affinity", {}).get("podAntiAffinity")
-            if not any(c.get("topologyKey") == "kubernetes.io/hostname" for c in spread) and not affinity:
+            by_host = [c for c in spread if c.get("topologyKey") == "kubernetes.io/hostname"]
+            if not by_host and not affinity:
                 problems.append(f"worker group {g.get('groupName')} does not spread pods across nodes")
+            for c in by_host:
+                if c.get("whenUnsatisfiable") == "DoNotSchedule" and c.get("nodeTaintsPolicy") != "Honor":
+                    problems.append(f"worker group {g.get('groupName')} spreads by hostname without nodeTaintsPolicy: "
+                                    "Honor (tainted nodes would count towards the skew)")
         conf = yaml.safe_load((svc.get("spec") or {}).get("serveConfigV2") or "") or {}
         for app in conf.get("applications") or []:
             deps = app.get("deployments") or []
             if not deps:
-                warnings.append(f"application {app.get('name')!r} lists no deployments in serve/config.yaml, so the "
-                                "replica count and max_replicas_per_node cannot be set here (the code's defaults apply)")
+                problems.append(f"application {app.get('name')!r} lists no deployments in serve/config.yaml, so the "
+                                "replica count and max_replicas_per_node cannot be set (one replica, no per-node cap)")
             for d in deps:
                 n = d.get("num_replicas")
                 lo = (d.get("autoscaling_config") or {}).get("min_replicas") if isinstance(d.get("autoscaling_config"), dict) else None
@@ -904,12 +915,9 @@ def check_serve_ha(objects: list[dict[str, Any]]) -> list[Finding]:
                     problems.append(f"deployment {d.get('name')} has fewer than 2 replicas")
                 if d.get("max_replicas_per_node") != 1:
                     problems.append(f"deployment {d.get('name')} lacks max_replicas_per_node: 1")
-        if problems:
-            out.append(failed("serve-ha-replicas", oid, "; ".join(problems)))
-        elif warnings:
-            out.append(failed("serve-ha-replicas", oid, "; ".join(warnings), severity="warning"))
-        else:
-            out.append(passed("serve-ha-replicas", oid, "Serve workers >= 2, spread by hostname, replicas at most one per node"))
+        out.append(failed("serve-ha-replicas", oid, "; ".join(problems)) if problems
+                   else passed("serve-ha-replicas", oid, "Serve workers >= 2, spread by hostname honouring taints, "
+                                                         "replicas >= 2 at most one per node"))
     return out
 
 

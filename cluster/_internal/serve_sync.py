@@ -72,7 +72,7 @@ def ha_serve_config(config: dict[str, Any]) -> dict[str, Any]:
     or ``autoscaling_config.min_replicas`` when it autoscales) and
     ``max_replicas_per_node: 1`` so Serve places them on different nodes.
     Deployments the config does not list are left to the code's defaults
-    (``rayspace cluster check --overlay ha`` warns about that).
+    (``rayspace cluster check --overlay ha`` fails on that: serve-ha-replicas).
     """
     out = copy.deepcopy(config)
     for app in out.get("applications") or []:

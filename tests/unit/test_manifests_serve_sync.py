@@ -36,6 +36,7 @@ def _with_deployments(config, deployments):
 
 def test_ha_variant_runs_two_replicas_one_per_node():
     base = serve_sync.load_serve_config()
+    before = copy.deepcopy(base)
     ha = serve_sync.ha_serve_config(_with_deployments(base, [
         {"name": "Fixed", "num_replicas": 1},
         {"name": "Auto", "num_replicas": "auto", "autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
@@ -45,7 +46,18 @@ def test_ha_variant_runs_two_replicas_one_per_node():
     assert fixed == {"name": "Fixed", "num_replicas": 2, "max_replicas_per_node": 1}
     assert auto["autoscaling_config"] == {"min_replicas": 2, "max_replicas": 2} and auto["max_replicas_per_node"] == 1
     assert big["num_replicas"] == 5
-    assert base.get("applications")[0].get("deployments") is None, "the input must not be modified"
+    assert base == before, "the input must not be modified"
+
+
+def test_ha_overlay_runs_the_model_server_twice_one_per_node():
+    # serve/config.yaml lists ModelServer, so the ha overlay's serveConfigV2 can pin its HA settings.
+    from cluster import manifests
+
+    svc = manifests.find(manifests.render("ha"), "RayService")
+    (app,) = yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]
+    (dep,) = app["deployments"]
+    assert dep["name"] == "ModelServer" and dep["max_replicas_per_node"] == 1
+    assert dep["autoscaling_config"]["min_replicas"] == 2
 
 
 def test_regenerating_rewrites_only_the_serve_config_block():

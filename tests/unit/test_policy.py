@@ -10,6 +10,7 @@ import copy
 from collections.abc import Callable
 
 import pytest
+import yaml
 
 from cluster import manifests
 from cluster._internal import policy, serve_sync
@@ -369,6 +370,23 @@ def test_ha_needs_spread_serve_workers(rendered):
     del group["template"]["spec"]["topologySpreadConstraints"]
     message = _namespace_failure(objects, "serve-ha-replicas")
     assert "minReplicas 1 < 2" in message and "does not spread pods across nodes" in message
+
+
+def test_ha_without_serve_deployments_fails(rendered):
+    # The old manifests: serve/config.yaml had no deployments section (one replica, no per-node cap).
+    objects = copy.deepcopy(rendered["ha"])
+    svc = manifests.find(objects, "RayService")
+    conf = yaml.safe_load(svc["spec"]["serveConfigV2"])
+    del conf["applications"][0]["deployments"]
+    svc["spec"]["serveConfigV2"] = yaml.safe_dump(conf)
+    assert "application 'rayspace' lists no deployments in serve/config.yaml" in _namespace_failure(objects, "serve-ha-replicas")
+
+
+def test_ha_spread_without_honouring_taints_fails(rendered):
+    objects = copy.deepcopy(rendered["ha"])
+    group = manifests.find(objects, "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    del group["template"]["spec"]["topologySpreadConstraints"][0]["nodeTaintsPolicy"]
+    assert "spreads by hostname without nodeTaintsPolicy: Honor" in _namespace_failure(objects, "serve-ha-replicas")
 
 
 def test_serve_config_out_of_sync_names_the_fix(monkeypatch, tmp_path):
