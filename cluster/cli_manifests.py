@@ -51,7 +51,7 @@ def register(cluster_sub: argparse._SubParsersAction, common: argparse.ArgumentP
     p.set_defaults(func=_cmd_simulate)
 
     p = cluster_sub.add_parser(
-        "sync-serve", parents=[common], help="regenerate the RayService's serveConfigV2 from serve/config.yaml",
+        "sync-serve", parents=[common], help="regenerate the RayService's serveConfigV2 from serve/config.yaml and its Serve env from serve/runner.py",
         description="Rewrite cluster/base/rayservice.yaml's serveConfigV2 and the ha overlay's patch from "
         "serve/config.yaml. With --check, only report whether they are in sync (exit 1 if not).",
     )

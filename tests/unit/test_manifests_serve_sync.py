@@ -78,12 +78,16 @@ def test_sync_writes_atomically_and_reports_changes(monkeypatch, tmp_path):
     ha = tmp_path / "ha" / "serve-config-patch.yaml"
     monkeypatch.setattr(serve_sync, "RAYSERVICE_FILE", rs)
     monkeypatch.setattr(serve_sync, "HA_PATCH_FILE", ha)
-    assert set(serve_sync.out_of_sync()) == {rs, ha}
+    env = tmp_path / "rayservice-serve-env-patch.yaml"  # missing: sync creates it
+    monkeypatch.setattr(serve_sync, "ENV_PATCH_FILE", env)
+    assert set(serve_sync.out_of_sync()) == {rs, ha, env}
     result = serve_sync.sync()
-    assert [(r.path, r.changed) for r in result] == [(rs, True), (ha, True)]
+    assert [(r.path, r.changed) for r in result] == [(rs, True), (ha, True), (env, True)]
     assert serve_sync.out_of_sync() == []
-    assert [r.changed for r in serve_sync.sync()] == [False, False]
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["ha", "rayservice.yaml", "serve-config-patch.yaml"], "no temp files left"
+    assert [r.changed for r in serve_sync.sync()] == [False, False, False]
+    assert "value: {name: RAY_SERVE_ENABLE_HA_PROXY, value: '1'}" in env.read_text()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["ha", "rayservice-serve-env-patch.yaml", "rayservice.yaml",
+                                                           "serve-config-patch.yaml"], "no temp files left"
 
 
 def test_cli_sync_serve_check(capsys):

@@ -389,6 +389,25 @@ def test_ha_spread_without_honouring_taints_fails(rendered):
     assert "spreads by hostname without nodeTaintsPolicy: Honor" in _namespace_failure(objects, "serve-ha-replicas")
 
 
+def test_rayservice_without_the_haproxy_settings_fails(rendered):
+    # The old manifests: the RayService pods set no Serve ingress env, so Serve used its Python proxy.
+    objects = copy.deepcopy(rendered["dev"])
+    svc = manifests.find(objects, "RayService")
+    for t in pod_templates(svc):
+        t.spec["containers"][0]["env"] = [e for e in t.spec["containers"][0]["env"] if not e["name"].startswith("RAY_SERVE")]
+    message = _namespace_failure(objects, "serve-ingress-env")
+    assert "RAY_SERVE_ENABLE_HA_PROXY=None (want '1')" in message and "RAY_SERVE_THROUGHPUT_OPTIMIZED=None" in message
+    assert "run `rayspace cluster sync-serve`" in message
+
+
+def test_serve_env_comes_from_the_local_runner():
+    from serve.runner import ray_env
+
+    env = serve_sync.pod_serve_env()
+    assert env == {k: ray_env("haproxy")[k] for k in serve_sync.POD_SERVE_ENV_KEYS}
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+
+
 def test_serve_config_out_of_sync_names_the_fix(monkeypatch, tmp_path):
     stale = tmp_path / "rayservice.yaml"
     stale.write_text(serve_sync.RAYSERVICE_FILE.read_text().replace("model_name: wdbc", "model_name: other"))
