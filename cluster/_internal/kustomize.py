@@ -165,7 +165,7 @@ def _generate_configmaps(kust: dict[str, Any], kfile: Path, directory: Path) -> 
     common_labels = (kust.get("generatorOptions") or {}).get("labels") or {}
     out = []
     for gen in generators:
-        unknown = sorted(set(gen) - {"name", "files", "literals", "options"})
+        unknown = sorted(set(gen) - {"name", "namespace", "files", "literals", "options"})
         if unknown:
             raise ManifestError(f"{kfile}: configMapGenerator {gen.get('name')!r}: fields {unknown} not implemented by the fallback")
         data: dict[str, str] = {}
@@ -179,6 +179,8 @@ def _generate_configmaps(kust: dict[str, Any], kfile: Path, directory: Path) -> 
             key, _, value = item.partition("=")
             data[key] = value
         meta: dict[str, Any] = {"name": gen["name"]}
+        if gen.get("namespace"):
+            meta["namespace"] = gen["namespace"]
         labels = {**common_labels, **((gen.get("options") or {}).get("labels") or {})}
         if labels:
             meta["labels"] = dict(labels)

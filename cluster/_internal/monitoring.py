@@ -28,6 +28,24 @@ RAY_METRICS = {
     "ray_node_cpu_count": "node_cpu_count",
 }
 _METRIC = re.compile(r"\b(ray_[a-z0-9_]+)\b")
+_ABSENT = re.compile(r"\babsent(_over_time)?\s*\(\s*(ray_[a-z0-9_]+)")
+#: The label kube-prometheus-stack's Prometheus selects PodMonitors and PrometheusRules by
+#: (podMonitorSelector/ruleSelector default to ``release: <Helm release name>``).
+RELEASE_LABEL = "release"
+#: NetworkPolicy that admits Prometheus; its namespace selector names where Prometheus and Grafana run.
+METRICS_POLICY = "metrics-from-monitoring"
+
+
+def monitoring_namespace(overlay_objects: list[dict[str, Any]]) -> str | None:
+    """Namespace of Prometheus/Grafana as the overlay's metrics NetworkPolicy names it."""
+    for o in overlay_objects:
+        if o.get("kind") == "NetworkPolicy" and (o.get("metadata") or {}).get("name") == METRICS_POLICY:
+            for rule in (o.get("spec") or {}).get("ingress") or []:
+                for peer in rule.get("from") or []:
+                    name = ((peer.get("namespaceSelector") or {}).get("matchLabels") or {}).get("kubernetes.io/metadata.name")
+                    if name:
+                        return name
+    return None
 
 
 def metrics_in(expr: str) -> set[str]:
@@ -51,6 +69,10 @@ def _check_expr(where: str, expr: str) -> list[str]:
     problems = []
     if not _balanced(expr):
         problems.append(f"{where}: unbalanced brackets in {expr!r}")
+    absent = sorted({m.group(2) for m in _ABSENT.finditer(expr)})
+    if absent:
+        problems.append(f"{where}: absent({absent[0]}) fires whenever no Ray cluster runs (RayJob clusters come and go); "
+                        "condition on a head that is up instead")
     unknown = sorted(metrics_in(expr) - set(RAY_METRICS))
     if unknown:
         problems.append(f"{where}: metrics {unknown} are not among the Ray metrics this workspace knows ({sorted(RAY_METRICS)})")
@@ -60,6 +82,14 @@ def _check_expr(where: str, expr: str) -> list[str]:
 def monitoring_findings(monitoring: list[dict[str, Any]], overlay_objects: list[dict[str, Any]]) -> list[Finding]:
     """Check the rendered monitoring bundle against an overlay's rendered objects."""
     out: list[Finding] = []
+    for o in monitoring:
+        if o.get("kind") in ("PodMonitor", "PrometheusRule"):
+            labels = (o.get("metadata") or {}).get("labels") or {}
+            out.append(passed("monitoring-release-label", obj_id(o), f"release={labels[RELEASE_LABEL]}")
+                       if labels.get(RELEASE_LABEL) else
+                       failed("monitoring-release-label", obj_id(o), f"no `{RELEASE_LABEL}` label: kube-prometheus-stack's "
+                              "Prometheus selects PodMonitors and PrometheusRules by release=<Helm release> and would ignore it"))
+    grafana_ns = monitoring_namespace(overlay_objects)
     templates = [t for o in overlay_objects for t in pod_templates(o) if t.role in ("ray-head", "ray-worker")]
     for pm in (o for o in monitoring if o.get("kind") == "PodMonitor"):
         spec = pm.get("spec") or {}
@@ -108,6 +138,10 @@ def monitoring_findings(monitoring: list[dict[str, Any]], overlay_objects: list[
                     problems += _check_expr(f"{key} panel {panel.get('title')!r}", str(target.get("expr", "")))
         if ((cm.get("metadata") or {}).get("labels") or {}).get("grafana_dashboard") != "1":
             problems.append("missing label grafana_dashboard=1 (the Grafana sidecar would not load it)")
+        cm_ns = (cm.get("metadata") or {}).get("namespace")
+        if grafana_ns and cm_ns != grafana_ns:
+            problems.append(f"in namespace {cm_ns!r}, but the Grafana sidecar searches only its own namespace "
+                            f"{grafana_ns!r} (unless grafana.sidecar.dashboards.searchNamespace is set)")
         out.append(failed("grafana-dashboards", obj_id(cm), "; ".join(problems)) if problems
                    else passed("grafana-dashboards", obj_id(cm), "valid dashboard JSON querying known Ray metrics"))
     return out

@@ -53,3 +53,29 @@ def test_broken_monitoring_is_reported(bundle):
     assert "unbalanced brackets" in failures["prometheusrule-exprs"]
     assert "ray_serve_requests_totl" in failures["prometheusrule-exprs"]
     assert "rayspace-serve.json: not JSON" in failures["grafana-dashboards"]
+
+
+def test_old_monitoring_defects_are_reported(bundle):
+    # The old bundle: no `release` label, dashboards in the workspace namespace, and an absent() alert.
+    monitoring, dev = copy.deepcopy(bundle[0]), bundle[1]
+    for o in monitoring:
+        o["metadata"]["labels"].pop("release")
+        if o["kind"] == "ConfigMap":
+            o["metadata"]["namespace"] = "rayspace"
+    rule = manifests.find(monitoring, "PrometheusRule")
+    rule["spec"]["groups"][1]["rules"][1]["expr"] = "absent(ray_cluster_active_nodes) or sum(ray_cluster_active_nodes) == 0"
+    failures = {}
+    for f in monitoring_findings(monitoring, dev):
+        if not f.ok:
+            failures.setdefault(f.check, []).append(f.message)
+    assert len(failures["monitoring-release-label"]) == 3
+    assert "kube-prometheus-stack's Prometheus selects PodMonitors and PrometheusRules by release" in failures["monitoring-release-label"][0]
+    assert "but the Grafana sidecar searches only its own namespace 'monitoring'" in failures["grafana-dashboards"][0]
+    assert "absent(ray_cluster_active_nodes) fires whenever no Ray cluster runs" in failures["prometheusrule-exprs"][0]
+
+
+def test_no_nodes_alert_needs_a_head_that_is_up(bundle):
+    rule = manifests.find(bundle[0], "PrometheusRule")
+    expr = next(r["expr"] for g in rule["spec"]["groups"] for r in g["rules"] if r["alert"] == "RayClusterNoNodes")
+    assert 'up{job="rayspace/rayspace-ray-head"}' in expr and "absent(" not in expr
+    assert {o["metadata"]["namespace"] for o in bundle[0] if o["kind"] == "ConfigMap"} == {"monitoring"}
