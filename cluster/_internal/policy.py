@@ -746,6 +746,40 @@ def _max_footprint(obj: dict[str, Any]) -> dict[str, float]:
     return total
 
 
+def _max_pods(obj: dict[str, Any]) -> int:
+    """Pods one object can have at once at maxReplicas (head, workers, submitter)."""
+    n = 0
+    for _, cspec in cluster_specs(obj):
+        n += 1 + sum(int(g.get("maxReplicas", 0)) * int(g.get("numOfHosts", 1) or 1) for g in cspec.get("workerGroupSpecs") or [])
+    n += sum(1 for _, jspec in job_specs(obj) if jspec.get("submitterPodTemplate"))
+    return n
+
+
+#: What can run at once, the scenario the quota must fit: the long-lived RayCluster, a RayService upgrade
+#: (KubeRay keeps the old cluster serving until the new one is ready, so two RayService clusters) and one
+#: RayJob (or a RayCronJob run, whichever is larger), every group at maxReplicas.
+CONCURRENT_SCENARIO = "RayCluster + 2 x RayService (upgrade) + RayJob or RayCronJob run"
+
+
+def concurrent_footprint(objects: list[dict[str, Any]]) -> dict[str, float]:
+    """Resources (and ``pods``) of :data:`CONCURRENT_SCENARIO` at maximum scale."""
+    def need(kind: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for o in _of(objects, kind):
+            fp = _max_footprint(o) | {"pods": float(_max_pods(o))}
+            for k, v in fp.items():
+                out[k] = out.get(k, 0.0) + v
+        return out
+
+    jobs = [need("RayJob"), need("RayCronJob")]
+    job = max(jobs, key=lambda d: (d.get("cpu", 0.0), d.get("memory", 0.0)))
+    total: dict[str, float] = {}
+    for part, times in ((need("RayCluster"), 1), (need("RayService"), 2), (job, 1)):
+        for k, v in part.items():
+            total[k] = total.get(k, 0.0) + v * times
+    return total
+
+
 def check_quota(objects: list[dict[str, Any]]) -> list[Finding]:
     quotas = _of(objects, "ResourceQuota")
     out = []
@@ -772,6 +806,18 @@ def check_quota(objects: list[dict[str, Any]]) -> list[Finding]:
         summary = ", ".join(f"{k}={v:g}" for k, v in sorted(need.items()))
         out.append(failed("quota-fits-max-scale", obj_id(obj), "; ".join(problems)) if problems
                    else passed("quota-fits-max-scale", obj_id(obj), f"at maxReplicas needs {summary}, within {obj_id(quotas[0])}"))
+    if any(o.get("kind") in ("RayCluster", "RayService", "RayJob", "RayCronJob") for o in objects):
+        need = concurrent_footprint(objects)
+        problems = []
+        for res, amount in sorted(need.items()):
+            key = "pods" if res == "pods" else (f"limits.{res}" if res in ("cpu", "memory") else f"requests.{res}")
+            if key not in hard:
+                problems.append(f"quota has no {key} (the scenario needs {amount:g})")
+            elif amount > hard[key] + 1e-9:
+                problems.append(f"{key}: needs {amount:g}, quota allows {hard[key]:g}")
+        summary = ", ".join(f"{k}={v:g}" for k, v in sorted(need.items()))
+        out.append(failed("quota-fits-concurrent", obj_id(quotas[0]), f"{CONCURRENT_SCENARIO}: " + "; ".join(problems))
+                   if problems else passed("quota-fits-concurrent", obj_id(quotas[0]), f"{CONCURRENT_SCENARIO} needs {summary}"))
     return out
 
 
@@ -982,7 +1028,7 @@ NAMESPACE_CHECKS: dict[str, Callable[[list[dict[str, Any]]], list[Finding]]] = {
     "network-serve-from-ingress": check_serve_ingress,
     "network-pod-covered": check_pods_covered,
     "rbac-least-privilege": check_rbac,
-    "quota-fits-max-scale": check_quota,
+    "quota-fits-max-scale": check_quota,  # also quota-fits-concurrent
     "pdb-serve-workers": check_pdb,
     "pvc-exists": check_volumes_exist,
     "pvc-storage-class": check_pvc_storage_class,

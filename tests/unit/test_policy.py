@@ -302,6 +302,19 @@ def test_quota_too_small_for_max_scale_fails(rendered):
     assert "limits.cpu: needs 2.7 at maxReplicas, quota allows 2" in message
 
 
+def test_old_quota_does_not_fit_a_rayservice_upgrade_plus_a_rayjob(rendered):
+    # The old dev quota (8 CPU, 24Gi) fitted each object alone but not two RayService clusters and a RayJob.
+    objects = copy.deepcopy(rendered["dev"])
+    hard = manifests.find(objects, "ResourceQuota")["spec"]["hard"]
+    hard.update({"limits.cpu": "8", "requests.cpu": "8", "limits.memory": "24Gi", "requests.memory": "24Gi"})
+    assert all(f.ok for f in policy.check_quota(objects) if f.check == "quota-fits-max-scale")
+    message = _namespace_failure(objects, "quota-fits-concurrent")
+    assert message.startswith("RayCluster + 2 x RayService (upgrade) + RayJob or RayCronJob run: ")
+    assert "limits.cpu: needs 9.3, quota allows 8" in message
+    hard["pods"] = "5"
+    assert "pods: needs 11, quota allows 5" in _namespace_failure(objects, "quota-fits-concurrent")
+
+
 def test_gpu_quota_is_required_for_gpu_groups(rendered):
     objects = copy.deepcopy(rendered["gpu"])
     del manifests.find(objects, "ResourceQuota")["spec"]["hard"]["requests.nvidia.com/gpu"]
