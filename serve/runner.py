@@ -506,6 +506,22 @@ def python_signal_handling_for_ray() -> None:
     ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
 
 
+def prepare_local_ray(ingress: str) -> str:
+    """Get this process ready to start a local Ray that will serve: call it just before ``ray.init``.
+
+    Sweeps leftovers of killed runs and makes the run dir (:func:`local_run_dir`), puts
+    :func:`ray_env` for ``ingress`` into the environment Ray's processes inherit, and
+    keeps Ray's native handler off SIGTERM (:func:`python_signal_handling_for_ray`).
+
+    Returns:
+        The run dir.
+    """
+    run_dir = local_run_dir()
+    _apply_env(ray_env(ingress, run_dir))
+    python_signal_handling_for_ray()
+    return run_dir
+
+
 def start(
     cfg: Any,
     *,
@@ -541,9 +557,9 @@ def start(
     registry = ModelRegistry(cfg.registry.path)
     current = registry.get(cfg.registry.model_name)  # fail fast, before Ray, if nothing is promoted
     check_cancel("starting Ray")
-    run_dir = None
     if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
-        run_dir = local_run_dir()  # outside _lock: it takes it; sweeps what killed runs left behind
+        # Serve reads its ingress flags at import time in Ray's own processes: set them before Ray starts.
+        prepare_local_ray(cfg.serve.ingress)  # outside _lock: it takes it
     with _lock:
         if not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):
             from workloads.runtime import ensure_ray
@@ -553,11 +569,8 @@ def start(
         if not ray.is_initialized():
             from workloads.runtime import init_local_ray
 
-            # Serve reads its ingress flags at import time in Ray's own processes: set them before Ray starts.
-            _apply_env(ray_env(cfg.serve.ingress, run_dir))
             kwargs: dict[str, Any] = {"logging_level": "WARNING"}
             kwargs.update(ray_init_kwargs or {})
-            python_signal_handling_for_ray()
             # Set first: a start interrupted half way must still be stopped by shutdown().
             _state["started_ray"] = True
             with _signal_handlers_kept():

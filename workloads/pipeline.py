@@ -93,11 +93,11 @@ def run(cfg: WorkspaceConfig, opts: PipelineOptions | None = None, progress: Pro
             return _finish(summary, start)
 
     if _stage_enabled("serve", opts) and not os.environ.get("RAY_ADDRESS"):
-        from serve.runner import ray_env
+        from serve.runner import prepare_local_ray
 
-        # Serve's ingress is chosen by environment variables read when Ray's processes start.
-        for key, value in ray_env(cfg.serve.ingress).items():
-            os.environ.setdefault(key, value)
+        # Serve's ingress is chosen by environment variables read when Ray's processes start;
+        # HAProxy's files go to this run's temp dir and HAProxy dies with the run.
+        prepare_local_ray(cfg.serve.ingress)
     ray_info = ensure_ray()
     summary["ray"] = ray_info
     say(f"[ray] {ray_info['mode']} Ray with {ray_info['cpus']:g} CPUs")
@@ -313,14 +313,17 @@ def cli_run(args: argparse.Namespace) -> int:
             human.append(f"{key}: {summary[key]}")
     emit(args, summary, "\n".join(human))
     if "endpoint" in summary and args.keep_serving:
+        from serve.runner import stop_signals
+
         progress(args, f"serving at {summary['endpoint']} -- Ctrl-C to stop")
-        try:
-            while True:
-                time.sleep(1.0)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            _stop_local_serving()
+        # SIGTERM or Ctrl-C: stop Serve, then Ray, and exit 0; a second one forces the stop.
+        with stop_signals(lambda line: progress(args, line)) as signals:
+            try:
+                while not signals.event.wait(3600.0):
+                    pass
+                progress(args, f"{signals.name} received: stopping Serve, then Ray ({signals.name} again forces it)")
+            finally:
+                _stop_local_serving()
     return 0
 
 
@@ -332,11 +335,9 @@ def _stop_local_serving() -> None:
     """
     if os.environ.get("RAY_ADDRESS"):
         return
-    import ray
-    from ray import serve
+    from serve.runner import shutdown
 
-    serve.shutdown()
-    ray.shutdown()
+    shutdown(stop_ray=True)  # Serve, then Ray, then what is left of the run and its temp dir
 
 
 def main(argv: list[str] | None = None) -> int:
