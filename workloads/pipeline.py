@@ -257,7 +257,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--until", choices=STAGES, default="serve", help="stop after this stage (default: serve)")
     parser.add_argument("--skip-ingest", action="store_true", help="use what is already in the lake")
     parser.add_argument("--skip-tune", action="store_true", help="promote the trained checkpoint without a sweep")
-    parser.add_argument("--keep-serving", action="store_true", help="after the run, keep serving until Ctrl-C")
+    parser.add_argument("--keep-serving", action="store_true",
+                        help="after the run, keep serving until Ctrl-C or SIGTERM (then exit 0; a second one forces the stop)")
     parser.add_argument("--lake", help="shorthand for --set data.lake=URI")
     parser.add_argument("--storage", help="shorthand for --set train.storage_path=URI and tune.storage_path=URI")
     parser.add_argument("--registry", help="shorthand for --set registry.path=URI")
