@@ -117,7 +117,10 @@ def _up(args: argparse.Namespace) -> int:
         skip = {"RayJob"} | (set() if args.with_cron else {"RayCronJob"}) | ({"RayService"} if args.without_serve else set())
         objects = [o for o in objects if o["kind"] not in skip]
         # Missing StorageClasses and Secrets make the cluster stall, not fail: refuse before applying.
-        for warning in preflight.check(api, objects):
+        warnings = preflight.check(api, objects)
+        if args.with_cron:
+            warnings += preflight.check_cron_gate(api, objects)
+        for warning in warnings:
             progress(args, f"warning: {warning}")
         rows = []
         for obj in objects:
@@ -387,7 +390,8 @@ def register(subparsers: argparse._SubParsersAction, cluster_sub: argparse._SubP
     up.add_argument("--image", help="Ray image for every Ray container (cluster.image)")
     up.add_argument("--timeout", type=float, default=900, help="seconds to wait for readiness (default 900)")
     up.add_argument("--no-wait", action="store_true", help="apply and return without waiting")
-    up.add_argument("--with-cron", action="store_true", help="also apply the RayCronJob (KubeRay >= 1.6)")
+    up.add_argument("--with-cron", action="store_true",
+                    help="also apply the RayCronJob (needs the operator's RayCronJob feature gate; checked first)")
     up.add_argument("--without-serve", action="store_true", help="do not apply the RayService")
     up.set_defaults(func=_up)
 

@@ -1005,6 +1005,31 @@ def check_serve_ingress_env(objects: list[dict[str, Any]]) -> list[Finding]:
     return out
 
 
+#: Terminal states a RayCronJob's child RayJob can end in; each needs a DeleteSelf rule.
+CHILD_JOB_ENDINGS = (("jobStatus", "SUCCEEDED"), ("jobStatus", "FAILED"), ("jobDeploymentStatus", "Failed"))
+
+
+def check_cron_history(objects: list[dict[str, Any]]) -> list[Finding]:
+    """A RayCronJob's child RayJobs delete themselves, or they pile up forever.
+
+    KubeRay v1.7.0's RayCronJob controller (ray-operator/controllers/ray/raycronjob_controller.go) creates a
+    RayJob per schedule and never deletes old ones; the only bound is the RayJob's own
+    ``deletionStrategy.deletionRules`` with ``DeleteSelf``.
+    """
+    out = []
+    for cron in _of(objects, "RayCronJob"):
+        job = (cron.get("spec") or {}).get("jobTemplate") or {}
+        rules = (job.get("deletionStrategy") or {}).get("deletionRules") or []
+        covered = {(k, (r.get("condition") or {}).get(k)) for r in rules if r.get("policy") == "DeleteSelf"
+                   for k in ("jobStatus", "jobDeploymentStatus") if (r.get("condition") or {}).get(k)}
+        missing = [f"{k}={v}" for k, v in CHILD_JOB_ENDINGS if (k, v) not in covered]
+        out.append(failed("raycronjob-history-bounded", obj_id(cron),
+                          f"spec.jobTemplate.deletionStrategy.deletionRules has no DeleteSelf rule for {missing}: the RayJob "
+                          "of every run stays forever (KubeRay's RayCronJob controller never deletes them)") if missing
+                   else passed("raycronjob-history-bounded", obj_id(cron), "every run's RayJob deletes itself after it ends"))
+    return out
+
+
 def check_namespaced(objects: list[dict[str, Any]]) -> list[Finding]:
     """Every namespaced object lands in the workspace namespace (an overlay's own files too)."""
     from cluster._internal.kustomize import CLUSTER_SCOPED_KINDS
@@ -1035,6 +1060,7 @@ NAMESPACE_CHECKS: dict[str, Callable[[list[dict[str, Any]]], list[Finding]]] = {
     "no-secrets-in-manifests": check_no_secrets,
     "serve-ha-replicas": check_serve_ha,
     "serve-ingress-env": check_serve_ingress_env,
+    "raycronjob-history-bounded": check_cron_history,
 }
 
 

@@ -381,6 +381,12 @@ def webhook_rules(obj: dict[str, Any]) -> list[Finding]:
             problems.append(f"ttlSecondsAfterFinished={ttl} needs shutdownAfterJobFinishes: true")
         if jspec.get("shutdownAfterJobFinishes") and has_selector:
             problems.append("shutdownAfterJobFinishes cannot be used with clusterSelector")
+        # KubeRay v1.7.0 utils/validation.go (validateRayJobDeletionStrategy): rules exclude shutdown and legacy fields.
+        strategy = jspec.get("deletionStrategy") or {}
+        if strategy.get("deletionRules") and jspec.get("shutdownAfterJobFinishes"):
+            problems.append("shutdownAfterJobFinishes and deletionStrategy.deletionRules are mutually exclusive")
+        if strategy.get("deletionRules") and (strategy.get("onSuccess") or strategy.get("onFailure")):
+            problems.append("deletionStrategy cannot use deletionRules with onSuccess/onFailure")
         if ttl < 0 or int(jspec.get("activeDeadlineSeconds") or 0) < 0:
             problems.append("ttlSecondsAfterFinished and activeDeadlineSeconds must not be negative")
         mode = jspec.get("submissionMode", "K8sJobMode")

@@ -120,6 +120,61 @@ def _check_apiserver_egress(api: KubeApi, objects: list[dict[str, Any]], warning
     return problems
 
 
+#: Label both KubeRay install methods put on the operator (see cluster/_internal/policy.py).
+OPERATOR_SELECTOR = "app.kubernetes.io/component=kuberay-operator"
+
+
+def operator_namespace(objects: Iterable[dict[str, Any]]) -> str | None:
+    """The operator's namespace as the overlay names it (the ``ray-head-from-operator`` NetworkPolicy)."""
+    for obj in objects:
+        if obj.get("kind") == "NetworkPolicy" and obj["metadata"].get("name") == "ray-head-from-operator":
+            for rule in (obj.get("spec") or {}).get("ingress") or []:
+                for peer in rule.get("from") or []:
+                    ns = ((peer.get("namespaceSelector") or {}).get("matchLabels") or {}).get("kubernetes.io/metadata.name")
+                    if ns:
+                        return ns
+    return None
+
+
+def feature_gates(deployment: dict[str, Any]) -> dict[str, bool]:
+    """``--feature-gates=A=true,B=false`` of the operator container(s), later flags winning."""
+    gates: dict[str, bool] = {}
+    for c in ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or []:
+        for arg in [*(c.get("command") or []), *(c.get("args") or [])]:
+            if str(arg).startswith("--feature-gates="):
+                for item in str(arg).split("=", 1)[1].split(","):
+                    name, _, value = item.partition("=")
+                    if name.strip():
+                        gates[name.strip()] = value.strip().lower() == "true"
+    return gates
+
+
+def check_cron_gate(api: KubeApi, objects: list[dict[str, Any]]) -> list[str]:
+    """The operator runs with the ``RayCronJob`` feature gate (alpha, off by default in KubeRay 1.7).
+
+    Returns warnings when the operator Deployment cannot be read.
+
+    Raises:
+        PreflightError: The operator Deployment was found and the gate is off.
+    """
+    ns = operator_namespace(objects) or "default"
+    try:
+        deployments = resource_class("apps/v1", "Deployment").list(api, label_selector=OPERATOR_SELECTOR, namespace=ns)
+    except (NotFoundError, ForbiddenError) as e:
+        return [f"cannot read the KubeRay operator Deployment in namespace {ns} ({type(e).__name__}); the RayCronJob "
+                "runs only if the operator has --feature-gates=RayCronJob=true"]
+    if not deployments:
+        return [f"no Deployment labelled {OPERATOR_SELECTOR} in namespace {ns}; the RayCronJob runs only if the "
+                "operator has --feature-gates=RayCronJob=true"]
+    for dep in deployments:
+        if not feature_gates(dep.raw).get("RayCronJob"):
+            raise PreflightError(
+                f"nothing applied: the KubeRay operator {ns}/{dep.name} runs without the RayCronJob feature gate (alpha, "
+                "off by default), so the RayCronJob would never run; enable it (Helm: --set featureGates[4].name=RayCronJob "
+                "--set featureGates[4].enabled=true; kustomize: --feature-gates=...,RayCronJob=true) or drop --with-cron")
+    return []
+
+
 def check(api: KubeApi, objects: list[dict[str, Any]]) -> list[str]:
     """Check the prerequisites of ``objects``; return warnings for what could not be checked.
 

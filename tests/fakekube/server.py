@@ -62,6 +62,7 @@ SERVED: dict[tuple[str, str, str], tuple[str, bool, bool]] = {
     ("networking.k8s.io", "v1", "networkpolicies"): ("NetworkPolicy", True, False),
     ("policy", "v1", "poddisruptionbudgets"): ("PodDisruptionBudget", True, True),
     ("storage.k8s.io", "v1", "storageclasses"): ("StorageClass", False, False),
+    ("apps", "v1", "deployments"): ("Deployment", True, True),
 }
 
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")

@@ -99,7 +99,11 @@ def test_rayjob_runs_the_pipeline_on_the_pvc(rendered):
             for flag in ("data.lake=/data/lake", "train.storage_path=/data/results", "registry.path=/data/models",
                          "tune.storage_path=/data/results"):
                 assert f"--set {flag}" in entry
-            assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
+            if kind == "RayJob":
+                assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
+            else:  # each run's RayJob deletes its cluster, then itself (raycronjob-history-bounded)
+                policies = {r["policy"] for r in spec["deletionStrategy"]["deletionRules"]}
+                assert policies == {"DeleteCluster", "DeleteSelf"} and "shutdownAfterJobFinishes" not in spec
             assert spec["activeDeadlineSeconds"] > 0
             assert yaml.safe_load(spec["runtimeEnvYAML"])["env_vars"]["RAY_TRAIN_V2_ENABLED"] == "1"
 

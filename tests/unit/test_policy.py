@@ -421,6 +421,27 @@ def test_serve_env_comes_from_the_local_runner():
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
 
 
+def test_raycronjob_without_self_deleting_runs_fails(rendered):
+    # The old manifests: shutdownAfterJobFinishes + ttlSecondsAfterFinished only delete the cluster; the
+    # RayJob of every run stayed forever.
+    objects = copy.deepcopy(rendered["dev"])
+    job = manifests.find(objects, "RayCronJob")["spec"]["jobTemplate"]
+    del job["deletionStrategy"]
+    job.update(shutdownAfterJobFinishes=True, ttlSecondsAfterFinished=3600)
+    message = _namespace_failure(objects, "raycronjob-history-bounded")
+    assert "no DeleteSelf rule for ['jobStatus=SUCCEEDED', 'jobStatus=FAILED', 'jobDeploymentStatus=Failed']" in message
+
+
+def test_cron_deletion_rules_exclude_shutdown_after_job_finishes(rendered):
+    from cluster._internal.validate import webhook_rules as webhook_findings
+
+    cron = copy.deepcopy(manifests.find(rendered["dev"], "RayCronJob"))
+    assert all(f.ok for f in webhook_findings(cron) if f.check == "webhook-rayjob")
+    cron["spec"]["jobTemplate"]["shutdownAfterJobFinishes"] = True
+    failures = [f.message for f in webhook_findings(cron) if f.check == "webhook-rayjob" and not f.ok]
+    assert failures and "shutdownAfterJobFinishes and deletionStrategy.deletionRules are mutually exclusive" in failures[0]
+
+
 def test_serve_config_out_of_sync_names_the_fix(monkeypatch, tmp_path):
     stale = tmp_path / "rayservice.yaml"
     stale.write_text(serve_sync.RAYSERVICE_FILE.read_text().replace("model_name: wdbc", "model_name: other"))

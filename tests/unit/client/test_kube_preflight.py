@@ -80,3 +80,38 @@ def test_apiserver_egress_must_contain_the_endpoints(api: KubeApi, fake: FakeKub
     fake.remove("Endpoints", "kubernetes", "default")
     fake.seed(_endpoints("172.18.0.3"))
     assert preflight.check(api, objects) == []
+
+
+def _operator(gates: str) -> dict:
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "kuberay-operator", "namespace": "kuberay-system",
+                         "labels": {"app.kubernetes.io/name": "kuberay-operator",
+                                    "app.kubernetes.io/component": "kuberay-operator"}},
+            "spec": {"selector": {"matchLabels": {"app.kubernetes.io/component": "kuberay-operator"}},
+                     "template": {"metadata": {"labels": {"app.kubernetes.io/component": "kuberay-operator"}},
+                                  "spec": {"containers": [{"name": "kuberay-operator", "image": "kuberay/operator:v1.7.0",
+                                                           "args": [f"--feature-gates={gates}"]}]}}}}
+
+
+def test_cron_feature_gate_is_checked(api: KubeApi, fake: FakeKube):
+    objects = objects_for(ClusterConfig(overlay="dev"), namespace="rayspace")
+    assert preflight.operator_namespace(objects) == "kuberay-system"
+    warnings = preflight.check_cron_gate(api, objects)
+    assert warnings and "no Deployment labelled app.kubernetes.io/component=kuberay-operator in namespace kuberay-system" \
+        in warnings[0]
+    fake.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kuberay-system"}})
+    fake.seed(_operator("RayClusterStatusConditions=true,RayJobDeletionPolicy=true,RayCronJob=false"))
+    with pytest.raises(preflight.PreflightError, match="runs without the RayCronJob feature gate"):
+        preflight.check_cron_gate(api, objects)
+    fake.remove("Deployment", "kuberay-operator", "kuberay-system")
+    fake.seed(_operator("RayClusterStatusConditions=true,RayCronJob=true"))
+    assert preflight.check_cron_gate(api, objects) == []
+
+
+def test_up_with_cron_refuses_without_the_gate(run: Run, fake: FakeKube):
+    fake.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kuberay-system"}})
+    fake.seed(_operator("RayCronJob=false"))
+    code, _, err = run("cluster", "up", "--with-cron", "--timeout", "900")
+    assert code != 0 and "runs without the RayCronJob feature gate" in err
+    assert fake.get("RayCronJob", "rayspace-retrain", "rayspace") is None
+    assert fake.get("RayCluster", "rayspace", "rayspace") is None
