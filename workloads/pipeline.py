@@ -105,6 +105,9 @@ def run(cfg: WorkspaceConfig, opts: PipelineOptions | None = None, progress: Pro
     from workloads.data import process
 
     processed = process(cfg.data)
+    # Evaluation and the serve probe read the same snapshot processing did, even if an ingest lands mid-run.
+    if processed.snapshot:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"snapshot": processed.snapshot})})
     summary["split_counts"] = processed.counts
     summary["data_fingerprint"] = processed.fingerprint
     done("process", f"splits {processed.counts}, standardization fitted on train only")
@@ -157,7 +160,7 @@ def _probe_instance(cfg: WorkspaceConfig) -> tuple[str, dict[str, float], int]:
     from workloads.lake import lake_files
     from workloads.schema import FEATURE_NAMES, ID_COLUMN, LABEL_COLUMN
 
-    fs, files, _ = lake_files(cfg.data.lake)
+    fs, files, _ = lake_files(cfg.data.lake, snapshot=cfg.data.snapshot)
     for path in files:
         table = pq.read_table(path, filesystem=fs).to_pandas()
         for _, row in table.iterrows():

@@ -149,6 +149,14 @@ def emulated(tmp_path_factory) -> Iterator[Cluster]:
         assert not leftovers, f"the emulator left {leftovers}"
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for its (re-parented) parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def assert_nothing_left(state: EmulatedCluster) -> list[str]:
     """What of an emulated cluster still exists (empty when everything was removed)."""
     left = []
@@ -156,7 +164,7 @@ def assert_nothing_left(state: EmulatedCluster) -> list[str]:
     for pod in state.pods:
         if pod.netns in netns:
             left.append(f"netns {pod.netns}")
-        if Path(f"/proc/{pod.pid}").exists() and pod.pid:
+        if pod.pid and _running(pod.pid):
             left.append(f"process {pod.pid} ({pod.name})")
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     if f" {state.bridge}:" in links or f" {state.bridge}@" in links:
