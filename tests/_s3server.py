@@ -7,6 +7,9 @@ of its own, found through ``$RAYSPACE_MOTO_SERVER`` (the path of its
 (where ``.ci/run`` installs it). The workspace itself talks to it the way it
 talks to real S3: pyarrow's S3 filesystem, configured by the standard
 ``AWS_ENDPOINT_URL`` / ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` variables.
+
+The dedicated venv comes before ``PATH``: an older moto (5.2.1) answers pyarrow's
+CompleteMultipartUpload with a body pyarrow reads as an error, so every write fails.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from pathlib import Path
 MOTO_ENV = "RAYSPACE_MOTO_SERVER"
 DEFAULT_VENV_BIN = Path("/tmp/rayspace-moto-venv/bin/moto_server")
 INSTALL_HINT = (
-    "python3.11 -m venv /tmp/rayspace-moto-venv && /tmp/rayspace-moto-venv/bin/pip install 'moto[server]' "
-    f"(or set ${MOTO_ENV} to a moto_server executable)"
+    "python3.11 -m venv /tmp/rayspace-moto-venv && /tmp/rayspace-moto-venv/bin/pip install 'moto[server]>=5.2.5' "
+    f"(moto >= 5.2.5; or set ${MOTO_ENV} to a moto_server executable)"
 )
 
 
@@ -55,10 +58,9 @@ def find_moto_server() -> str | None:
     configured = os.environ.get(MOTO_ENV)
     if configured:
         return configured if os.access(configured, os.X_OK) else None
-    on_path = shutil.which("moto_server")
-    if on_path:
-        return on_path
-    return str(DEFAULT_VENV_BIN) if os.access(DEFAULT_VENV_BIN, os.X_OK) else None
+    if os.access(DEFAULT_VENV_BIN, os.X_OK):
+        return str(DEFAULT_VENV_BIN)
+    return shutil.which("moto_server")
 
 
 def _free_port() -> int:
@@ -78,6 +80,7 @@ def start(executable: str, bucket: str = "rayspace-test", timeout_s: float = 60.
     log = tempfile.TemporaryFile()  # noqa: SIM115 - kept open by the child; closed here after the fork
     proc = subprocess.Popen(
         [executable, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log, start_new_session=True,
+        cwd=tempfile.gettempdir(),
     )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
