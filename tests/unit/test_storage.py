@@ -145,3 +145,50 @@ def test_unopenable_scheme_is_a_storage_error(monkeypatch):
     # A scheme fsspec knows by name but whose package is missing (what s3fs-less fsspec did for s3:// before).
     with pytest.raises(StorageError, match="no pyarrow or fsspec filesystem opens it"):
         storage.filesystem("oci://bucket/results")
+
+
+def test_tune_best_checkpoint_gets_the_storage_scheme_back():
+    """TuneReportCallback reports ``bucket/...`` for s3:// storage; the trial row must say ``s3://bucket/...``."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from tune.sweep import CHECKPOINT_PATH_KEY, _row
+
+    df = pd.DataFrame({
+        "training_iteration": [1, 2],
+        "val_roc_auc": [0.91, 0.95],
+        CHECKPOINT_PATH_KEY: ["bucket/results/sweep/t1/checkpoint_1", "bucket/results/sweep/t1/checkpoint_2"],
+    })
+    result = SimpleNamespace(metrics_dataframe=df, config={"epochs": 2}, error=None,
+                             metrics={"trial_id": "t1"}, path="bucket/results/sweep/t1")
+    row = _row(result, "val_roc_auc", "max", 2, "s3://bucket/results/sweep")
+    assert row.best_checkpoint == "s3://bucket/results/sweep/t1/checkpoint_2"
+    assert row.best_metric == pytest.approx(0.95)
+    # Local storage: Ray reports absolute paths, which stay as they are.
+    df[CHECKPOINT_PATH_KEY] = ["/data/results/sweep/t1/checkpoint_1", "/data/results/sweep/t1/checkpoint_2"]
+    local = _row(result, "val_roc_auc", "min", 2, "/data/results/sweep")
+    assert local.best_checkpoint == "/data/results/sweep/t1/checkpoint_1"
+
+
+def test_evaluate_reads_remote_checkpoints_and_their_run_history(tmp_path):
+    """A checkpoint URI is fetched into a scratch dir; the learning curve comes from its siblings in storage."""
+    import json
+
+    from serve.testing import make_checkpoint
+    from workloads.evaluate import _localize, _run_history
+    from workloads.exceptions import CheckpointError
+
+    run = f"memory://rayspace-eval-{os.getpid()}/results/run-1"
+    best, later = storage.join(run, "checkpoint_2"), storage.join(run, "checkpoint_3")
+    src = make_checkpoint(tmp_path / "src")
+    for f in src.iterdir():
+        storage.upload_file(f, storage.join(best, f.name))
+    storage.write_bytes(storage.join(later, "model.json"), json.dumps({"history": [{"epoch": e} for e in (1, 2, 3)]}).encode())
+    storage.write_bytes(storage.join(run, "checkpoint_9", "model.pt"), b"half-written: no model.json yet")
+
+    local = _localize(best, str(tmp_path / "scratch"))
+    assert local.startswith(str(tmp_path / "scratch")) and sorted(os.listdir(local)) == sorted(os.listdir(src))
+    assert [h["epoch"] for h in _run_history(best, {"history": [{"epoch": 1}, {"epoch": 2}]})] == [1, 2, 3]
+    with pytest.raises(CheckpointError, match="no such directory"):
+        _localize(storage.join(run, "checkpoint_404"), str(tmp_path / "scratch"))
