@@ -247,7 +247,8 @@ def _connect_cmd(args: argparse.Namespace) -> int:
             token_cmd = None
         local = {"dashboard": args.dashboard_port, "client": args.client_port, "serve": args.serve_port}
         plan = connect_plan(cluster, endpoints, context=cfg.cluster.context,
-                            local_ports={k: v for k, v in local.items() if v is not None}, token_command=token_cmd)
+                            local_ports={k: v for k, v in local.items() if v is not None}, token_command=token_cmd,
+                            kubeconfig=getattr(args, "kubeconfig", None))
     if args.json:
         emit(args, {"command": plan.command, "ports": plan.ports, "env": plan.env})
     else:
@@ -305,6 +306,12 @@ def _job_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kubectl_flags(args: argparse.Namespace, cfg: WorkspaceConfig) -> list[str]:
+    """``--kubeconfig``/``--context`` for kubectl, so it talks to the same cluster as the client."""
+    flags = ["--kubeconfig", str(args.kubeconfig)] if getattr(args, "kubeconfig", None) else []
+    return flags + (["--context", cfg.cluster.context] if cfg.cluster.context else [])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -330,7 +337,9 @@ def _job_logs(args: argparse.Namespace) -> int:
         job = RayJob.get(api, args.job)
         if not job.job_id:
             raise NotFoundError(f"{job.ref} has no Ray job ID yet (status: {job.describe_status()})")
-        token = args.token or os.environ.get("RAY_AUTH_TOKEN")
+        # The RayJob's own cluster has its own token: $RAY_AUTH_TOKEN (exported by `cluster connect` for the
+        # long-lived cluster) would be refused there with 403, so it is only the last resort.
+        token = args.token
         cluster = RayCluster(api, {"metadata": {"name": job.cluster_name or _cluster_ref(api, cfg)}})
         if token is None and job.cluster_name:
             try:
@@ -338,11 +347,13 @@ def _job_logs(args: argparse.Namespace) -> int:
             except NotFoundError as e:
                 # A finished RayJob's cluster may be gone; the dashboard then needs no token or --token.
                 logger.warning("no auth token from %s: %s", cluster.ref, e)
+        if token is None:
+            token = os.environ.get("RAY_AUTH_TOKEN")
         proc = None
         url = args.dashboard_url
         if args.port_forward:
             port = _free_port()
-            cmd = ["kubectl", *(["--context", cfg.cluster.context] if cfg.cluster.context else []), "port-forward",
+            cmd = ["kubectl", *_kubectl_flags(args, cfg), "port-forward",
                    "--namespace", api.namespace, f"svc/{cluster.head_service}", f"{port}:8265"]
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603
             url = f"http://127.0.0.1:{port}"

@@ -254,6 +254,15 @@ class Resource:
         """``Kind ns/name`` for messages."""
         return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
 
+    @property
+    def status_current(self) -> bool:
+        """Whether ``status`` describes the current spec: ``status.observedGeneration`` has caught up with
+        ``metadata.generation`` (KubeRay sets it on RayCluster, RayJob and RayService). A status without
+        ``observedGeneration`` is taken as current (kinds and operators that do not report it)."""
+        observed = self.status.get("observedGeneration")
+        generation = self.metadata.get("generation")
+        return observed is None or generation is None or int(observed) >= int(generation)
+
     def describe_status(self) -> str:
         """A one-line summary of the status, used in wait timeouts and tables."""
         conds = ", ".join(
@@ -431,7 +440,7 @@ class Resource:
         delay = min(0.25, interval)
         while True:
             self.refresh()
-            if until(self):
+            if self.status_current and until(self):
                 return self
             now = clock()
             if now >= deadline:

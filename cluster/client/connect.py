@@ -38,6 +38,7 @@ def plan(
     context: str | None = None,
     local_ports: Mapping[str, int] | None = None,
     token_command: str | None = None,
+    kubeconfig: str | None = None,
 ) -> ConnectPlan:
     """Build the port-forward for the dashboard (8265), Ray client (10001) and Serve (8000) ports.
 
@@ -45,6 +46,7 @@ def plan(
         cluster: The RayCluster.
         endpoints: Its head Service's ports (:meth:`RayCluster.endpoints`).
         context: kubeconfig context to pass to kubectl.
+        kubeconfig: kubeconfig file to pass to kubectl (the one the client used), if not the default.
         local_ports: Local port per name; default the same as the remote one.
         token_command: Shell command printing the token, for ``RAY_AUTH_TOKEN=$(...)``;
             ``None`` when the cluster does not use token auth.
@@ -62,6 +64,8 @@ def plan(
         raise NotFoundError(f"head Service {cluster.head_service} of {cluster.ref} exposes none of the ports "
                             f"{list(HEAD_PORTS)} (found: {sorted(endpoints)})")
     cmd = ["kubectl"]
+    if kubeconfig:
+        cmd += ["--kubeconfig", str(kubeconfig)]
     if context:
         cmd += ["--context", context]
     cmd += ["port-forward", "--namespace", str(cluster.namespace), f"svc/{cluster.head_service}"]

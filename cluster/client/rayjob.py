@@ -18,6 +18,9 @@ logger = logging.getLogger(__name__)
 TERMINAL_JOB_STATUSES = ("SUCCEEDED", "FAILED", "STOPPED")
 #: ``status.jobDeploymentStatus`` values after which the RayJob will not change.
 TERMINAL_DEPLOYMENT_STATUSES = ("Complete", "Failed")
+#: ``status.jobDeploymentStatus`` values the RayJob stays in until someone edits it: the operator rejected the
+#: spec, or the job is suspended (ray-operator/apis/ray/v1/rayjob_types.go). Waiting for a result ends there.
+STALLED_DEPLOYMENT_STATUSES = ("ValidationFailed", "Suspended")
 
 
 class RayJob(Resource):
@@ -121,16 +124,24 @@ class RayJob(Resource):
             "entrypoint": self.spec.get("entrypoint"),
         }
 
-    def wait_finished(self, timeout: float = 3600, interval: float = 2.0) -> "RayJob":
-        """Wait until the job reached ``SUCCEEDED``, ``FAILED`` or ``STOPPED``.
+    @property
+    def is_stalled(self) -> bool:
+        """The RayJob will not progress by itself (``ValidationFailed`` or ``Suspended``)."""
+        return self.deployment_status in STALLED_DEPLOYMENT_STATUSES
 
-        A failed job is a result, not an exception: read :attr:`job_status`.
+    def wait_finished(self, timeout: float = 3600, interval: float = 2.0) -> "RayJob":
+        """Wait until the job reached ``SUCCEEDED``, ``FAILED`` or ``STOPPED``, or stalled.
+
+        A failed job is a result, not an exception: read :attr:`job_status`. So is a stalled one
+        (``jobDeploymentStatus`` ``ValidationFailed`` or ``Suspended``, :attr:`is_stalled`), which would
+        otherwise hold the wait until its timeout. Only a status whose ``observedGeneration`` matches the
+        RayJob's generation counts.
 
         Raises:
             WaitTimeoutError: Still running after ``timeout``; names the last seen status.
         """
-        return self.wait(lambda j: j.is_finished, timeout=timeout, what="finished (SUCCEEDED or FAILED)",
-                         interval=interval)
+        return self.wait(lambda j: j.is_finished or j.is_stalled, timeout=timeout,
+                         what="finished (SUCCEEDED or FAILED)", interval=interval)
 
     # ------------------------------------------------------------------ stop
 

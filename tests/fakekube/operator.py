@@ -129,8 +129,9 @@ class FakeOperator:
         status = copy.deepcopy(rc.get("status") or {})
         if spec.get("suspend"):
             self._seen.pop(key, None)
+            # Like KubeRay, every status write records the generation it describes.
             status.update(state="suspended", readyWorkerReplicas=0, availableWorkerReplicas=0,
-                          desiredWorkerReplicas=0, conditions=[
+                          desiredWorkerReplicas=0, observedGeneration=meta.get("generation", 1), conditions=[
                               _cond("HeadPodReady", False, "HeadPodNotFound"),
                               _cond("RayClusterProvisioned", False, "RayClusterPodsProvisioning"),
                               _cond("RayClusterSuspended", True, "RayClusterSuspended")])

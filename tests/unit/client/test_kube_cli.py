@@ -82,13 +82,15 @@ def test_cluster_lifecycle(run: Run, fake: FakeKube, operator: FakeOperator) -> 
 
     code, out, _ = run("cluster", "connect", "--json", "--dashboard-port", "18265")
     plan = last_json(out)
-    assert plan["command"][:5] == ["kubectl", "port-forward", "--namespace", "rayspace", "svc/rayspace-head-svc"]
-    assert plan["command"][5:] == ["18265:8265", "10001:10001", "8000:8000"]
+    # kubectl gets the same kubeconfig as the client (it used to fall back to ~/.kube/config).
+    assert plan["command"][:3] == ["kubectl", "--kubeconfig", plan["command"][2]] and plan["command"][2].endswith("kubeconfig")
+    assert plan["command"][3:7] == ["port-forward", "--namespace", "rayspace", "svc/rayspace-head-svc"]
+    assert plan["command"][7:] == ["18265:8265", "10001:10001", "8000:8000"]
     assert plan["env"]["RAY_ADDRESS"] == "http://127.0.0.1:18265"
     assert plan["env"]["RAY_AUTH_TOKEN"].startswith('"$(rayspace cluster token --name rayspace --namespace rayspace')
     code, out, _ = run("cluster", "connect")
     token = base64.b64decode(secret["data"]["auth_token"]).decode()
-    assert "kubectl port-forward --namespace rayspace svc/rayspace-head-svc 8265:8265" in out
+    assert "port-forward --namespace rayspace svc/rayspace-head-svc 8265:8265" in out and "kubectl --kubeconfig " in out
     assert "export RAY_ADDRESS=http://127.0.0.1:8265" in out and "export RAY_AUTH_MODE=token" in out
     assert token not in out, "connect must not print the secret itself"
 
@@ -142,7 +144,8 @@ def test_job_submit_wait_status_and_failure(run: Run, fake: FakeKube, operator: 
     assert run("job", "status", failed["name"])[0] == 1
 
 
-def test_job_logs_use_the_clusters_token(run: Run, fake: FakeKube, kubeconfig: Path) -> None:
+def test_job_logs_use_the_clusters_token(run: Run, fake: FakeKube, kubeconfig: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     op = FakeOperator(fake, ready_after=0.0, job_runtime=60).start()
     stub = None
     try:
@@ -160,6 +163,12 @@ def test_job_logs_use_the_clusters_token(run: Run, fake: FakeKube, kubeconfig: P
         assert code == 0, err
         assert out.strip() == "epoch 1 loss 0.5"
         assert stub.seen[-1] == {"path": f"/api/jobs/{job.job_id}/logs", "auth": f"Bearer {token}"}
+        # $RAY_AUTH_TOKEN from `cluster connect` belongs to the long-lived cluster; the job's own cluster wins.
+        monkeypatch.setenv("RAY_AUTH_TOKEN", "token-of-the-long-lived-cluster")
+        code, out, err = run("job", "logs", "logs-demo", "--dashboard-url", stub.url)
+        assert code == 0, err
+        assert stub.seen[-1]["auth"] == f"Bearer {token}"
+        monkeypatch.delenv("RAY_AUTH_TOKEN")
 
         code, out, err = run("job", "logs", "logs-demo", "--dashboard-url", stub.url, "--token", "wrong")
         assert code == 1 and "HTTP 403" in err
@@ -209,5 +218,6 @@ def test_connect_run_spawns_kubectl(run: Run, fake: FakeKube, operator: FakeOper
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     code, out, _ = run("cluster", "connect", "--run")
     assert code == 0
-    assert json.loads(record.read_text()) == ["port-forward", "--namespace", "rayspace", "svc/rayspace-head-svc",
-                                              "8265:8265", "10001:10001", "8000:8000"]
+    argv = json.loads(record.read_text())
+    assert argv[:2] == ["--kubeconfig", argv[1]] and argv[1].endswith("kubeconfig")
+    assert argv[2:] == ["port-forward", "--namespace", "rayspace", "svc/rayspace-head-svc", "8265:8265", "10001:10001", "8000:8000"]
