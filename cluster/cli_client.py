@@ -32,10 +32,11 @@ from cluster.client import (
     objects_for,
 )
 from cluster.client import preflight
+from cluster.client.manifests import without_autoscaled_replicas
 from cluster.client.rayjob import TERMINAL_JOB_STATUSES
 from workloads.cli import config_from_args, confirm, emit, print_table, progress
 from workloads.config import WorkspaceConfig
-from workloads.exceptions import DashboardError, NotFoundError
+from workloads.exceptions import DashboardError, ForbiddenError, NotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -110,12 +111,18 @@ def _token_command(args: argparse.Namespace, cluster: RayCluster, cfg: Workspace
 # --------------------------------------------------------------------------- cluster up/down/status/scale
 
 
+#: Kinds a namespace admin usually may not write; `up` reports them and goes on.
+ADMIN_ONLY_KINDS = ("ResourceQuota", "LimitRange")
+
+
 def _up(args: argparse.Namespace) -> int:
     cfg = _config(args)
     with _connect(args, cfg) as api:
         objects = _objects(api, cfg, args.workers)
         skip = {"RayJob"} | (set() if args.with_cron else {"RayCronJob"}) | ({"RayService"} if args.without_serve else set())
         objects = [o for o in objects if o["kind"] not in skip]
+        # Re-applying must not take `replicas` back from the autoscaler (only groups sized with --workers keep it).
+        objects = without_autoscaled_replicas(objects, keep=[WorkerGroupSize.parse(w)[0] for w in args.workers])
         # Missing StorageClasses and Secrets make the cluster stall, not fail: refuse before applying.
         warnings = preflight.check(api, objects)
         if args.with_cron:
@@ -135,7 +142,16 @@ def _up(args: argparse.Namespace) -> int:
                 except NotFoundError:
                     pass
             progress(args, f"applying {res.ref}")
-            res.apply()
+            try:
+                res.apply()
+            except ForbiddenError as e:
+                # A namespace admin may not write quotas or limit ranges (the `admin` ClusterRole only reads
+                # them); that is a cluster admin's job and must not stop the rest of the workspace.
+                if kind not in ADMIN_ONLY_KINDS:
+                    raise
+                progress(args, f"warning: not allowed to apply {res.ref} ({e}); ask a cluster admin to apply it")
+                rows.append({"kind": kind, "name": name, "namespace": res.namespace or "", "action": "forbidden"})
+                continue
             rows.append({"kind": kind, "name": name, "namespace": res.namespace or "", "action": "applied"})
         cluster = RayCluster.get(api, _cluster_ref(api, cfg))
         if not args.no_wait:
@@ -215,15 +231,18 @@ def _scale(args: argparse.Namespace) -> int:
     cfg = _config(args)
     with _connect(args, cfg) as api:
         cluster = RayCluster.get(api, _cluster_ref(api, cfg))
-        current = next((g.get("replicas", 0) for g in cluster.worker_groups if g.get("groupName") == args.group), None)
+        # With autoscaling the number is the group's floor (minReplicas); the autoscaler owns replicas.
+        field = "minReplicas" if cluster.autoscaling else "replicas"
+        current = next((g.get(field, 0) for g in cluster.worker_groups if g.get("groupName") == args.group), None)
         if current is not None and args.replicas < int(current):
             if not confirm(args, f"Scale worker group {args.group} of {cluster.ref} down from {current} to "
                                  f"{args.replicas} (running tasks on removed workers fail)?"):
                 print("aborted; nothing changed")
                 return 1
         cluster.scale(args.group, args.replicas)
-        emit(args, {"cluster": cluster.name, "group": args.group, "from": current, "replicas": args.replicas},
-             f"{cluster.ref}: worker group {args.group} {current} -> {args.replicas}")
+        emit(args, {"cluster": cluster.name, "group": args.group, "field": field, "from": current,
+                    "replicas": args.replicas},
+             f"{cluster.ref}: worker group {args.group} {field} {current} -> {args.replicas}")
     return 0
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -165,6 +165,12 @@ def customize(
         if not _DNS_LABEL.match(name) or len(name) > 47:
             raise ConfigError(f'Got "{name}" for cluster.name: must be a DNS label of at most 47 characters '
                               "(lowercase letters, digits, '-')", [("cluster.name", name, "must be a DNS label")])
+        limit, longest = name_budget(out, base_name)
+        if len(name) > limit:
+            rule = (f"must be at most {limit} characters: the longest name derived from it, {longest}, would exceed "
+                    "KubeRay's limit")
+            raise ConfigError(f'Got "{name}" ({len(name)} characters) for cluster.name: {rule}',
+                              [("cluster.name", name, rule)])
         renamed_cluster = {base_name: name}
         for obj in out:
             if obj.get("kind") not in RAY_KINDS:
@@ -210,6 +216,46 @@ def customize(
     return out
 
 
+#: Names KubeRay accepts (its webhook: ray-operator/controllers/ray/utils/validation.go) and builds from them:
+#: a RayJob's or RayService's cluster is ``<name>-<5 random>`` (utils.GenerateRayClusterName), a RayCronJob run
+#: is ``<name>-<minutes since the epoch>`` (raycronjob_controller.go getRayJobName), a head Service
+#: ``<cluster>-head-svc`` (a Service name is a 63-character DNS label).
+KUBERAY_NAME_LIMITS = {"RayCluster": 53, "RayJob": 47, "RayService": 47, "RayCronJob": 47, "Service": 63}
+_CLUSTER_SUFFIX = "-xxxxx"
+_CRON_RUN_SUFFIX = "-29000000"  # minutes since 1970 have 8 digits until the year 2160
+_SUBMIT_SUFFIX = "-xxxxxx"  # RayJob.from_template(unique=True)
+
+
+def derived_names(objects: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """``(kind, name)`` of every object KubeRay (or ``job submit``) will create from the Ray objects' names."""
+    out: list[tuple[str, str]] = []
+    for obj in objects:
+        kind, name = obj.get("kind"), str((obj.get("metadata") or {}).get("name", ""))
+        if kind == "RayCluster":
+            out += [("RayCluster", name), ("Service", f"{name}-head-svc")]
+        elif kind == "RayService":
+            cluster = name + _CLUSTER_SUFFIX
+            out += [("RayService", name), ("Service", f"{name}-serve-svc"), ("RayCluster", cluster),
+                    ("Service", f"{cluster}-head-svc")]
+        elif kind in ("RayJob", "RayCronJob"):
+            job = name + (_SUBMIT_SUFFIX if kind == "RayJob" else _CRON_RUN_SUFFIX)
+            cluster = job + _CLUSTER_SUFFIX
+            out += [(kind, name), ("RayJob", job), ("RayCluster", cluster), ("Service", f"{cluster}-head-svc")]
+    return out
+
+
+def name_budget(objects: list[dict[str, Any]], base_name: str) -> tuple[int, str]:
+    """The longest ``cluster.name`` every derived name stays within KubeRay's limits for, and the tightest name."""
+    best, tightest = 10**6, ""
+    for kind, derived in derived_names([o for o in objects if o.get("kind") in RAY_KINDS]):
+        if base_name not in derived:
+            continue
+        allowed = KUBERAY_NAME_LIMITS[kind] - (len(derived) - len(base_name))
+        if allowed < best:
+            best, tightest = allowed, f"{kind} {derived.replace(base_name, '<name>', 1)}"
+    return best, tightest
+
+
 def _resize(objects: list[dict[str, Any]], worker_groups: Mapping[str, WorkerGroupSize | int]) -> None:
     seen: set[str] = set()
     available: set[str] = set()
@@ -237,6 +283,28 @@ def _resize(objects: list[dict[str, Any]], worker_groups: Mapping[str, WorkerGro
     if unknown:
         raise ConfigError(f"Got {unknown} for worker groups: must be among {sorted(available)}",
                           [("workers", unknown, f"must be among {sorted(available)}")])
+
+
+def without_autoscaled_replicas(objects: list[dict[str, Any]], keep: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Copies of ``objects`` whose autoscaled worker groups carry no ``replicas``.
+
+    With in-tree autoscaling the autoscaler owns ``replicas``; a server-side apply that includes the field
+    takes it back and resets the group to the manifest's number on every ``cluster up``. Without it KubeRay
+    starts the group at ``minReplicas`` (ray-operator/controllers/ray/utils/util.go,
+    GetWorkerGroupDesiredReplicas). Groups named in ``keep`` (sized explicitly with ``--workers``) keep it.
+    """
+    keep = set(keep)
+    out = copy.deepcopy(objects)
+    for obj in out:
+        if obj.get("kind") not in ("RayCluster", "RayService"):
+            continue  # RayJob/RayCronJob clusters are created once per run; nothing to take back
+        for spec in _cluster_specs(obj):
+            if not spec.get("enableInTreeAutoscaling"):
+                continue
+            for group in spec.get("workerGroupSpecs") or []:
+                if str(group.get("groupName")) not in keep:
+                    group.pop("replicas", None)
+    return out
 
 
 def objects_for(cluster_cfg: Any, *, overlay: str | None = None, namespace: str | None = None,

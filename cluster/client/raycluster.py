@@ -106,14 +106,23 @@ class RayCluster(Resource):
     def worker_groups(self) -> list[dict[str, Any]]:
         return list(self.spec.get("workerGroupSpecs") or [])
 
-    def scale(self, group: str, replicas: int) -> "RayCluster":
-        """Set a worker group's ``replicas``.
+    @property
+    def autoscaling(self) -> bool:
+        """In-tree autoscaling is on: the autoscaler owns each worker group's ``replicas``."""
+        return bool(self.spec.get("enableInTreeAutoscaling"))
 
-        The change is a JSON patch guarded by a ``test`` of the group's name at its
-        index, so it cannot land on a different group if the list was reordered.
+    def scale(self, group: str, replicas: int) -> "RayCluster":
+        """Scale a worker group to ``replicas``.
+
+        Without autoscaling this sets ``replicas``. With in-tree autoscaling the autoscaler rewrites
+        ``replicas`` on its next round, so the number becomes the group's floor instead: ``minReplicas``
+        (KubeRay keeps at least that many, GetWorkerGroupDesiredReplicas; the autoscaler may add more up to
+        ``maxReplicas`` and removes idle ones down to it). The change is a JSON patch guarded by a ``test``
+        of the group's name at its index, so it cannot land on a different group if the list was reordered.
 
         Raises:
-            ConfigError: Unknown group, or ``replicas`` outside ``[minReplicas, maxReplicas]``.
+            ConfigError: Unknown group, or ``replicas`` outside the allowed range (``[minReplicas, maxReplicas]``
+                without autoscaling, ``[0, maxReplicas]`` with it).
             ValidationError: The patch's test failed (the spec changed meanwhile).
         """
         groups = self.worker_groups
@@ -123,15 +132,18 @@ class RayCluster(Resource):
                               [("group", group, f"must be one of {names}")])
         index = names.index(group)
         spec = groups[index]
-        lo = int(spec.get("minReplicas", 0))
+        lo = 0 if self.autoscaling else int(spec.get("minReplicas", 0))
         hi = int(spec.get("maxReplicas", 2**31 - 1))
+        field = "minReplicas" if self.autoscaling else "replicas"
         if isinstance(replicas, bool) or not isinstance(replicas, int) or not lo <= replicas <= hi:
-            rule = f"must be an integer between minReplicas={lo} and maxReplicas={hi}"
-            raise ConfigError(f'Got {replicas!r} for replicas of worker group "{group}" in {self.ref}: {rule}',
-                              [("replicas", replicas, rule)])
+            bound = "0" if self.autoscaling else f"minReplicas={lo}"
+            rule = f"must be an integer between {bound} and maxReplicas={hi}"
+            raise ConfigError(f'Got {replicas!r} for {field} of worker group "{group}" in {self.ref}: {rule}',
+                              [(field, replicas, rule)])
+        op = "replace" if field in spec else "add"
         return self.patch([
             {"op": "test", "path": f"/spec/workerGroupSpecs/{index}/groupName", "value": group},
-            {"op": "replace", "path": f"/spec/workerGroupSpecs/{index}/replicas", "value": replicas},
+            {"op": op, "path": f"/spec/workerGroupSpecs/{index}/{field}", "value": replicas},
         ])
 
     # ------------------------------------------------------------------ suspend

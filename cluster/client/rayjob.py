@@ -58,7 +58,8 @@ class RayJob(Resource):
             meta.pop(key, None)
         body.pop("status", None)
         base = name or meta.get("name") or "rayspace-job"
-        meta["name"] = f"{base[:56]}-{secrets.token_hex(3)}" if unique else base
+        # KubeRay accepts RayJob names of at most 47 characters (utils/validation.go): keep room for the suffix.
+        meta["name"] = f"{base[:40]}-{secrets.token_hex(3)}" if unique else base
         spec = body.setdefault("spec", {})
         if entrypoint is not None:
             spec["entrypoint"] = entrypoint

@@ -64,17 +64,19 @@ def test_cluster_lifecycle(run: Run, fake: FakeKube, operator: FakeOperator) -> 
     assert code == 0 and status["cluster"]["name"] == "rayspace" and status["cluster"]["ready"] is True
     assert status["service"]["serve_service"] == "rayspace-serve-serve-svc"
 
+    # `up` leaves `replicas` of autoscaled groups to the autoscaler (KubeRay starts them at minReplicas).
+    assert "replicas" not in fake.get("RayCluster", "rayspace", "rayspace")["spec"]["workerGroupSpecs"][0]
     code, out, _ = run("cluster", "scale", "cpu", "2", "--json")
-    assert code == 0 and last_json(out)["replicas"] == 2
-    assert fake.get("RayCluster", "rayspace", "rayspace")["spec"]["workerGroupSpecs"][0]["replicas"] == 2
+    assert code == 0 and last_json(out)["replicas"] == 2 and last_json(out)["field"] == "minReplicas"
+    assert fake.get("RayCluster", "rayspace", "rayspace")["spec"]["workerGroupSpecs"][0]["minReplicas"] == 2
 
     code, out, err = run("cluster", "scale", "cpu", "0")  # scaling down asks; no TTY means no
     assert code == 1 and "Refusing without --yes" in err
-    assert fake.get("RayCluster", "rayspace", "rayspace")["spec"]["workerGroupSpecs"][0]["replicas"] == 2
+    assert fake.get("RayCluster", "rayspace", "rayspace")["spec"]["workerGroupSpecs"][0]["minReplicas"] == 2
     assert run("cluster", "scale", "cpu", "0", "--yes")[0] == 0
 
     code, out, err = run("cluster", "scale", "cpu", "99")
-    assert code == 2 and 'error: Got 99 for replicas of worker group "cpu"' in err
+    assert code == 2 and 'error: Got 99 for minReplicas of worker group "cpu"' in err
 
     code, out, _ = run("cluster", "token")
     secret = fake.get("Secret", "rayspace", "rayspace")
@@ -221,3 +223,15 @@ def test_connect_run_spawns_kubectl(run: Run, fake: FakeKube, operator: FakeOper
     argv = json.loads(record.read_text())
     assert argv[:2] == ["--kubeconfig", argv[1]] and argv[1].endswith("kubeconfig")
     assert argv[2:] == ["port-forward", "--namespace", "rayspace", "svc/rayspace-head-svc", "8265:8265", "10001:10001", "8000:8000"]
+
+
+def test_up_as_namespace_admin_goes_on_without_the_quota(run: Run, fake: FakeKube, operator: FakeOperator) -> None:
+    # The `admin` ClusterRole reads quotas but may not write them; `up` used to stop at the ResourceQuota.
+    fake.deny("patch", "resourcequotas", group="")
+    fake.deny("create", "resourcequotas", group="")
+    code, out, err = run("cluster", "up", "--without-serve", "--timeout", "15", "--json")
+    assert code == 0, err
+    rows = {(o["kind"], o["action"]) for o in last_json(out)["objects"]}
+    assert ("ResourceQuota", "forbidden") in rows and ("RayCluster", "applied") in rows
+    assert "ask a cluster admin to apply it" in err
+    assert fake.get("RayCluster", "rayspace", "rayspace") is not None

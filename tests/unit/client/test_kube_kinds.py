@@ -55,7 +55,9 @@ def test_deprecated_state_alone_is_not_ready(api: KubeApi, fake: FakeKube, dev_c
 
 
 def test_scale_within_bounds_is_a_guarded_json_patch(api: KubeApi, fake: FakeKube, dev_cluster: dict) -> None:
-    rc = RayCluster(api, dev_cluster).create()
+    fixed = copy.deepcopy(dev_cluster)
+    fixed["spec"]["enableInTreeAutoscaling"] = False
+    rc = RayCluster(api, fixed).create()
     group = rc.worker_groups[0]
     hi = group["maxReplicas"]
     rc.scale(group["groupName"], hi)
@@ -64,12 +66,22 @@ def test_scale_within_bounds_is_a_guarded_json_patch(api: KubeApi, fake: FakeKub
     assert RayCluster.get(api, "rayspace").worker_groups[0]["replicas"] == hi
 
 
+def test_scale_of_an_autoscaled_group_sets_its_floor(api: KubeApi, fake: FakeKube, dev_cluster: dict) -> None:
+    # The autoscaler rewrites `replicas`; a scale that set it was undone on the next autoscaler round.
+    rc = RayCluster(api, dev_cluster).create()
+    assert rc.autoscaling
+    before = rc.worker_groups[0].get("replicas")
+    rc.scale("cpu", 2)
+    group = RayCluster.get(api, "rayspace").worker_groups[0]
+    assert group["minReplicas"] == 2 and group.get("replicas") == before
+
+
 @pytest.mark.parametrize("replicas", [-1, 99, True])
 def test_scale_outside_bounds_is_refused_before_any_request(api: KubeApi, fake: FakeKube, dev_cluster: dict,
                                                              replicas: int) -> None:
     rc = RayCluster(api, dev_cluster).create()
     before = len(fake.requests_for("PATCH"))
-    with pytest.raises(ConfigError, match=r"replicas of worker group \"cpu\".*between minReplicas=0 and maxReplicas="):
+    with pytest.raises(ConfigError, match=r"Got .* for minReplicas of worker group \"cpu\".*between 0 and maxReplicas="):
         rc.scale("cpu", replicas)
     assert len(fake.requests_for("PATCH")) == before
 

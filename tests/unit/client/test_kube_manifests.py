@@ -105,3 +105,17 @@ def test_worker_group_size_parse() -> None:
     for bad in ("cpu", "cpu=", "=2", "cpu=a", "cpu=1:2"):
         with pytest.raises(ConfigError, match="--workers"):
             WorkerGroupSize.parse(bad)
+
+
+def test_cluster_name_is_limited_by_the_names_kuberay_derives(rendered_dev):
+    # `<name>-retrain` runs as `<name>-retrain-<minutes>` whose cluster is `<...>-<5 random>`: KubeRay's RayJob
+    # limit (47) leaves 30 characters for cluster.name, not the 47 the old check allowed.
+    from cluster.client.manifests import customize, derived_names, name_budget
+
+    assert name_budget(rendered_dev, "rayspace") == (30, "RayJob <name>-retrain-29000000")
+    ok = customize(rendered_dev, name="a" * 30)
+    assert all(len(n) <= {"RayCluster": 53, "RayJob": 47, "RayService": 47, "RayCronJob": 47, "Service": 63}[k]
+               for k, n in derived_names(ok))
+    with pytest.raises(ConfigError, match=r"\(31 characters\) for cluster.name: must be at most 30 characters: the "
+                                          r"longest name derived from it, RayJob <name>-retrain-29000000"):
+        customize(rendered_dev, name="a" * 31)
