@@ -113,7 +113,7 @@ def test_node_local_storage_is_refused_before_work_starts(emulated):
     assert "[ingest]" not in logs and "[train]" not in logs
 
 
-def test_training_survives_a_worker_pod_killed(emulated):
+def test_training_survives_a_worker_pod_killed(emulated, record_property):
     status, logs = emulated.wait_job(emulated.submit("python", "-m", "workloads.cli", "data", "ingest",
                                                      "--config", "jobs/kuberay.yaml"), timeout_s=300)
     assert status == "SUCCEEDED", logs[-3000:]
@@ -134,6 +134,7 @@ def test_training_survives_a_worker_pod_killed(emulated):
     assert status == "SUCCEEDED", logs[-4000:]
     result = last_json_line(logs)
     attempt = result["attempt"]
+    record_property("train_pod_kill", attempt)
     assert attempt["resumed_from_epoch"] and attempt["resumed_from_epoch"] >= 1, attempt
     assert len(result["history"]) == 12
     nodes_after = emulated.node_ids()
@@ -153,7 +154,7 @@ def _predict(url: str, body: bytes, timeout: float = 10.0) -> int:
         return 0
 
 
-def test_pipeline_from_a_laptop_then_serve_survives_a_pod_loss(emulated):
+def test_pipeline_from_a_laptop_then_serve_survives_a_pod_loss(emulated, record_property):
     sid = emulated.submit(
         "python", "-m", "workloads.pipeline", "--smoke", "--json", "--config", "jobs/kuberay.yaml",
         "--set", "train.num_workers=2", "--set", "serve.min_replicas=2", "--set", "serve.max_replicas=2",
@@ -201,6 +202,7 @@ def test_pipeline_from_a_laptop_then_serve_survives_a_pod_loss(emulated):
     for t in threads:
         t.join(timeout=60)
     failed = [code for code in results if code != 200]
+    record_property("serve_pod_kill", {"requests": len(results), "failed": len(failed), "codes": sorted(set(failed))})
     assert before > 0 and len(results) > before
     assert len(failed) <= 4, f"{len(failed)} of {len(results)} requests failed: {sorted(set(failed))}"
     # And it keeps answering afterwards.
