@@ -175,3 +175,30 @@ def test_the_rendered_policies_let_ray_pods_talk_on_any_port_and_keep_others_out
                            emulate.namespaces_of(cluster))
     w1_rules = next(pp for pp in mixed if pp.pod.name == w1.name).ingress
     assert all("10.213.7.99" not in (r.peers or []) or r.ports is not None for r in w1_rules)
+
+
+# ----------------------------------------------------------------------------- sizing from the cluster's maximum
+
+
+def test_worker_count_comes_from_the_configured_maximum_not_the_cpus_up_now(monkeypatch):
+    import ray
+    from ray._private.state import state
+
+    from workloads import train
+    from workloads.config import TrainConfig
+    from workloads.exceptions import ConfigError
+
+    # A cluster scaled to zero: no worker CPUs up, but its groups can scale to 4 CPUs.
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"memory": 1.0})
+    monkeypatch.setattr(state, "get_max_resources_from_cluster_config", lambda: {"CPU": 4, "memory": 8})
+    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")
+    assert train.resolve_num_workers(TrainConfig()) == 4
+    with pytest.raises(ConfigError, match="can scale up to 4"):
+        train.resolve_num_workers(TrainConfig(num_workers=5))
+    # Without a published maximum, a joined cluster may still grow: what is asked for is kept.
+    monkeypatch.setattr(state, "get_max_resources_from_cluster_config", lambda: None)
+    assert train.resolve_num_workers(TrainConfig(num_workers=3)) == 3
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with pytest.raises(ConfigError, match="has 2"):
+        train.resolve_num_workers(TrainConfig(num_workers=3))
