@@ -967,6 +967,36 @@ def check_serve_ha(objects: list[dict[str, Any]]) -> list[Finding]:
     return out
 
 
+#: Annotation an object using a plaintext GCS Redis carries to record that choice and its risk.
+REDIS_RISK_ANNOTATION = "rayspace.io/gcs-redis-risk"
+
+
+def check_gcs_redis(objects: list[dict[str, Any]]) -> list[Finding]:
+    """GCS fault tolerance uses TLS (``rediss://``) or the object records the plaintext choice and its risk.
+
+    KubeRay hands the password to the head as ``REDIS_PASSWORD`` and ``--redis-password`` on ``ray start``
+    (ray-operator/controllers/ray/common/pod.go), so a plaintext Redis is a decision to write down.
+    """
+    out = []
+    for obj in objects:
+        for _, cspec in cluster_specs(obj):
+            opts = cspec.get("gcsFaultToleranceOptions")
+            if not opts:
+                continue
+            address = str(opts.get("redisAddress") or "")
+            note = ((obj.get("metadata") or {}).get("annotations") or {}).get(REDIS_RISK_ANNOTATION, "")
+            if address.startswith("rediss://"):
+                out.append(passed("gcs-redis-tls", obj_id(obj), f"GCS Redis over TLS ({address})"))
+            elif len(note.strip()) >= 20:
+                out.append(passed("gcs-redis-tls", obj_id(obj), f"plaintext {address}, risk recorded: {note.strip()[:80]}"))
+            else:
+                out.append(failed("gcs-redis-tls", obj_id(obj),
+                                  f"gcsFaultToleranceOptions.redisAddress {address!r} is plaintext: use rediss:// (TLS) "
+                                  f"with an ACL user, or record the choice and its risk in the annotation "
+                                  f"{REDIS_RISK_ANNOTATION}"))
+    return out
+
+
 def check_serve_sync() -> list[Finding]:
     from cluster._internal import serve_sync
 
@@ -1061,6 +1091,7 @@ NAMESPACE_CHECKS: dict[str, Callable[[list[dict[str, Any]]], list[Finding]]] = {
     "serve-ha-replicas": check_serve_ha,
     "serve-ingress-env": check_serve_ingress_env,
     "raycronjob-history-bounded": check_cron_history,
+    "gcs-redis-tls": check_gcs_redis,
 }
 
 

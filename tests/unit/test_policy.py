@@ -442,6 +442,18 @@ def test_cron_deletion_rules_exclude_shutdown_after_job_finishes(rendered):
     assert failures and "shutdownAfterJobFinishes and deletionStrategy.deletionRules are mutually exclusive" in failures[0]
 
 
+def test_plaintext_gcs_redis_without_a_recorded_risk_fails(rendered):
+    # The old ha overlay: redis:// with nothing saying the plaintext, single-replica choice was deliberate.
+    objects = copy.deepcopy(rendered["ha"])
+    for kind in ("RayCluster", "RayService"):
+        del manifests.find(objects, kind)["metadata"]["annotations"]["rayspace.io/gcs-redis-risk"]
+    message = _namespace_failure(objects, "gcs-redis-tls")
+    assert "gcsFaultToleranceOptions.redisAddress 'redis://rayspace-redis:6379' is plaintext" in message
+    cspec = manifests.find(objects, "RayCluster")["spec"]
+    cspec["gcsFaultToleranceOptions"]["redisAddress"] = "rediss://redis.example:6380"
+    assert any(f.ok and "over TLS" in f.message for f in policy.check_gcs_redis(objects))
+
+
 def test_serve_config_out_of_sync_names_the_fix(monkeypatch, tmp_path):
     stale = tmp_path / "rayservice.yaml"
     stale.write_text(serve_sync.RAYSERVICE_FILE.read_text().replace("model_name: wdbc", "model_name: other"))
