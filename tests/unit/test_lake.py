@@ -470,14 +470,16 @@ def test_sigkill_during_reingests_never_loses_the_partition(tmp_path, old_and_ne
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             # Once it is ingesting back to back, kill it at an arbitrary moment of a later ingest.
-            assert proc.stdout.readline().strip() == "committed", proc.stderr.read()
+            # Two commits in a row alternate the sources, so each process changes the lake at least once.
+            for _ in range(2):
+                assert proc.stdout.readline().strip() == "committed", proc.stderr.read()
             time.sleep(rng.uniform(0.0, 0.3))
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
         seen.add(_check_lake(root, hashes))
     assert _check_lake(root, {"new": lake.ingest(root, new, name="wdbc").content_hash}) == "new"
-    assert lake.snapshot_history(root)[0].id > 5, "the killed processes committed snapshots in between"
+    assert lake.snapshot_history(root)[0].id >= 5, "the killed processes committed snapshots in between"
 
 
 # ------------------------------------------------------------------ snapshots, pinning, gc
