@@ -472,6 +472,49 @@ def version_agreement(objects: list[dict[str, Any]], installed: str | None = Non
     return [passed("versions-agree", "(all)", f"rayVersion of {seen} cluster spec(s), Ray image tags and the Dockerfile base all say Ray {installed}, as installed")]
 
 
+def dockerfile_findings(path: Path | None = None, torch_version: str | None = None) -> list[Finding]:
+    """The workspace image builds reproducibly and runs as its non-root user on any builder.
+
+    * torch is pinned (``torch==${TORCH_VERSION}``) to the version installed here, the one the tests ran;
+    * every ``WORKDIR`` is created by ``RUN mkdir`` under the non-root ``USER`` first: the classic builder
+      creates a missing WORKDIR owned by root (BuildKit uses USER), leaving it unwritable for Ray.
+    """
+    path = path or CLUSTER_DIR / "image" / "Dockerfile"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        return [failed("image-dockerfile", str(path), f"cannot read it ({e.strerror})")]
+    if torch_version is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            torch_version = version("torch").split("+", 1)[0]
+        except PackageNotFoundError:
+            torch_version = None
+    problems = []
+    args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, flags=re.M))
+    pins = re.findall(r"torch==\$\{?(\w+)\}?|torch==([0-9][\w.]*)", text)
+    pinned = [args.get(a) if a else v for a, v in pins]
+    if not pinned or None in pinned:
+        problems.append("pip installs torch without a pin (torch==<version>): the image would get whatever is newest")
+    elif torch_version and any(p != torch_version for p in pinned):
+        problems.append(f"torch pinned to {pinned} but the tested (installed) torch is {torch_version}")
+    user, made = "root", []
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "USER":
+            user = words[1].split(":", 1)[0]
+        elif words[0] == "RUN" and "mkdir" in words and user not in ("root", "0"):
+            made += [w for w in words if w.startswith("/")]
+        elif words[0] == "WORKDIR" and not any(words[1] == m or words[1].startswith(m.rstrip("/") + "/") for m in made):
+            problems.append(f"WORKDIR {words[1]} is not created by `RUN mkdir -p {words[1]}` as the non-root USER first "
+                            "(a classic builder would create it owned by root)")
+    return [failed("image-dockerfile", "cluster/image/Dockerfile", "; ".join(problems))] if problems else [
+        passed("image-dockerfile", "cluster/image/Dockerfile", f"torch pinned to {pinned[0]}; WORKDIR owned by the non-root user")]
+
+
 def validate_objects(objects: list[dict[str, Any]], *, crds: Path | None = None,
                      versions: Iterable[str] | None = None) -> list[Finding]:
     """Every schema, webhook and version check on a rendered overlay.
@@ -491,4 +534,5 @@ def validate_objects(objects: list[dict[str, Any]], *, crds: Path | None = None,
         else:
             findings.extend(validate_core(obj, versions))
     findings.extend(version_agreement(objects))
+    findings.extend(dockerfile_findings())
     return findings

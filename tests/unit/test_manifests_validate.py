@@ -207,3 +207,21 @@ def test_cli_check_fails_with_a_readable_report(monkeypatch, capsys):
     assert "webhook-replicas" in out and "minReplicas 9 > maxReplicas 2" in out and "FAIL" in out
     assert "read-only-root-filesystem  RayCluster/rayspace:spec.headGroupSpec.template  FAIL" in out
     assert "dev: " in out and " failed" in out
+
+
+def test_dockerfile_pins_torch_and_makes_workdir_as_the_user(tmp_path):
+    from cluster._internal.validate import CLUSTER_DIR, dockerfile_findings
+
+    current = (CLUSTER_DIR / "image" / "Dockerfile").read_text(encoding="utf-8")
+    assert dockerfile_findings(torch_version="2.13.0")[0].ok
+    # The old Dockerfile: `pip install .` (torch unpinned) and WORKDIR without mkdir (root-owned on a classic builder).
+    old = current.replace('"torch==${TORCH_VERSION}" ', "").replace("RUN mkdir -p /home/ray/rayspace\n", "")
+    path = tmp_path / "Dockerfile"
+    path.write_text(old, encoding="utf-8")
+    finding = dockerfile_findings(path, torch_version="2.13.0")[0]
+    assert not finding.ok
+    assert "pip installs torch without a pin" in finding.message
+    assert "WORKDIR /home/ray/rayspace is not created by `RUN mkdir -p /home/ray/rayspace` as the non-root USER" in finding.message
+    path.write_text(current, encoding="utf-8")
+    assert "torch pinned to ['2.13.0'] but the tested (installed) torch is 2.14.1" in \
+        dockerfile_findings(path, torch_version="2.14.1")[0].message
