@@ -208,6 +208,11 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def _inside_installed_package(path: Path) -> bool:
+    """Whether ``path`` lies in site-packages/dist-packages (a non-editable install), which nothing may rewrite."""
+    return any(part in ("site-packages", "dist-packages") for part in path.resolve().parts)
+
+
 def sync() -> list[SyncedFile]:
     """Regenerate the RayService's serveConfigV2 (base and ha) from ``serve/config.yaml``.
 
@@ -215,7 +220,13 @@ def sync() -> list[SyncedFile]:
         Every generated file, with whether it changed. Writes are atomic.
     """
     result = []
-    for path, text in _expected().items():
+    expected = _expected()
+    installed = [p for p in expected if _inside_installed_package(p)]
+    if installed and any(p.read_text(encoding="utf-8") != t if p.exists() else True for p, t in expected.items()):
+        raise ManifestError(
+            f"{installed[0]} is inside an installed package ({installed[0].parents[2]}); `{FIX_COMMAND}` only rewrites a "
+            "source checkout (pip install -e .): edit serve/config.yaml there and reinstall")
+    for path, text in expected.items():
         try:
             on_disk = path.read_text(encoding="utf-8")
         except FileNotFoundError:

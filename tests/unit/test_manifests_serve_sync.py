@@ -102,3 +102,14 @@ def test_broken_serve_config_is_a_clear_error(tmp_path):
     bad.write_text("proxy_location: EveryNode\n")
     with pytest.raises(ManifestError, match="non-empty `applications` list"):
         serve_sync.load_serve_config(bad)
+
+
+def test_sync_never_rewrites_an_installed_package(monkeypatch, tmp_path):
+    site = tmp_path / "lib" / "python3.11" / "site-packages" / "cluster" / "base"
+    site.mkdir(parents=True)
+    stale = site / "rayservice.yaml"
+    stale.write_text(serve_sync.RAYSERVICE_FILE.read_text(encoding="utf-8").replace("port: 8000", "port: 9000"))
+    monkeypatch.setattr(serve_sync, "RAYSERVICE_FILE", stale)
+    with pytest.raises(ManifestError, match="is inside an installed package .* only rewrites a source checkout"):
+        serve_sync.sync()
+    assert "port: 9000" in stale.read_text()
