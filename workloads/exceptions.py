@@ -99,6 +99,20 @@ class RegistryError(RayspaceError):
     """The model registry could not be read or written."""
 
 
+class CurrentChangedError(RegistryError):
+    """``current`` moved between reading it and switching it (another promotion won the race).
+
+    Attributes:
+        expected: The version the caller compared against.
+        actual: The version ``current`` points at now.
+    """
+
+    def __init__(self, message: str, *, expected: str | None, actual: str | None):
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
+
+
 class PromotionRejectedError(RegistryError):
     """The promotion gate refused to make a version current."""
 

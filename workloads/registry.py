@@ -37,12 +37,18 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from workloads import storage
-from workloads.exceptions import CheckpointError, ModelNotFoundError, RegistryError, StorageError
+from workloads.exceptions import (
+    CheckpointError,
+    CurrentChangedError,
+    ModelNotFoundError,
+    RegistryError,
+    StorageError,
+)
 from workloads.model import META_FILE, PREPROCESSOR_FILE, WEIGHTS_FILE, read_checkpoint_meta
 
 logger = logging.getLogger(__name__)
@@ -128,6 +134,20 @@ class _LocalStore:
             tmp.unlink(missing_ok=True)
             raise RegistryError(f"{target}: cannot write ({e.strerror})") from e
 
+    @contextlib.contextmanager
+    def pointer_lock(self, name: str):
+        """Hold the model's pointer lock (``flock``: released by the kernel if the holder dies)."""
+        import fcntl
+
+        d = self.model_dir(name)
+        d.mkdir(parents=True, exist_ok=True)
+        with (d / ".current.lock").open("a") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
     def publish_dir(self, name: str, version: str, build: Callable[[Path], None]) -> str:
         """Build a version in a temp dir beside its final place, then rename it into place."""
         parent = self.model_dir(name)
@@ -200,6 +220,15 @@ class _RemoteStore:
             storage.write_bytes(uri, text.encode("utf-8"))
         except StorageError as e:
             raise RegistryError(f"{uri}: cannot write ({e})") from e
+
+    @contextlib.contextmanager
+    def pointer_lock(self, name: str):
+        """No lock on object stores (pyarrow offers no conditional write): compare-then-write only.
+
+        The compare and the single-object PUT of ``current`` are milliseconds apart, so
+        concurrent promoters are caught unless they switch within that window.
+        """
+        yield
 
     def publish_dir(self, name: str, version: str, build: Callable[[Path], None]) -> str:
         target = storage.join(self.root, name, version)
@@ -426,14 +455,53 @@ class ModelRegistry:
             return ModelVersion(name=name, version=version, uri=uri, card=full_card)
         raise RegistryError(f"could not allocate a new version of {name!r} in {self.root} after 20 attempts")
 
-    def set_current(self, name: str, version: str) -> str | None:
-        """Point ``current`` at an existing version atomically; returns the previous one."""
+    def set_current(self, name: str, version: str, *, expected: Any = ...) -> str | None:
+        """Point ``current`` at an existing version atomically; returns the previous one.
+
+        Args:
+            name: Model name.
+            version: Version to make current.
+            expected: Compare-and-swap: switch only if ``current`` is still this version
+                (``None``: still unset). Omit for an unconditional switch (a rollback).
+
+        Raises:
+            CurrentChangedError: ``current`` is no longer ``expected`` (nothing was changed).
+        """
         self.get(name, version)  # must exist and be complete
-        previous = self.current(name)
-        pointer = json.dumps({"version": version, "switched_at": _utcnow()})
-        self._store.write_text_atomic(name, CURRENT_FILE, pointer + "\n")
+        with self._store.pointer_lock(name):
+            previous = self.current(name)
+            if expected is not ... and previous != expected:
+                raise CurrentChangedError(
+                    f"{name} current is {previous or 'unset'} now, not {expected or 'unset'} as when {version} "
+                    "was gated: another promotion switched it meanwhile",
+                    expected=expected, actual=previous,
+                )
+            pointer = json.dumps({"version": version, "switched_at": _utcnow()})
+            self._store.write_text_atomic(name, CURRENT_FILE, pointer + "\n")
         logger.info("%s current: %s -> %s", name, previous, version)
         return previous
+
+    def verify_servable(self, name: str, version: str) -> float:
+        """Load a version as Serve would and answer one prediction with it.
+
+        Returns:
+            The probability it gave for the training mean (a finite number in [0, 1]).
+
+        Raises:
+            RegistryError: It cannot load or answers garbage (it must then never become current).
+        """
+        import numpy as np
+
+        from workloads.model import load_checkpoint
+
+        try:
+            model = load_checkpoint(self.local_path(name, version))
+            p = float(model.predict_proba(model.standardizer.mean.reshape(1, -1))[0])
+        except (CheckpointError, RegistryError, OSError, ValueError, RuntimeError) as e:
+            raise RegistryError(f"{name} {version} cannot serve: {e}") from e
+        if not (np.isfinite(p) and 0.0 <= p <= 1.0):
+            raise RegistryError(f"{name} {version} cannot serve: it answered {p!r} for the training mean")
+        return p
 
 
 # -------------------------------------------------------------------------- gate
@@ -608,13 +676,46 @@ def promote(
         )
         card["gate"] = asdict(decision)
         mv = reg.add_version(name, src, card)
+    now_current: str | None = previous
     if decision.passed:
-        reg.set_current(name, mv.version)
-        now_current: str | None = mv.version
-    else:
+        # A version that cannot load and answer never becomes current.
+        try:
+            reg.verify_servable(name, mv.version)
+        except RegistryError as e:
+            raise RegistryError(f"{e}; it was written but current stays {previous or 'unset'}") from e
+        decision, now_current = _switch_current(reg, registry_cfg, mv.version, test_metrics, decision, previous, force)
+    if not decision.passed:
         logger.warning("%s %s not promoted: %s", name, mv.version, decision.reason)
-        now_current = previous
     return PromotionResult(
         name=name, version=mv.version, uri=mv.uri, promoted=decision.passed,
         previous=previous, current=now_current, gate=decision,
     )
+
+
+def _switch_current(
+    reg: ModelRegistry, registry_cfg: Any, version: str, test_metrics: Mapping[str, Any],
+    decision: GateDecision, expected: str | None, force: bool,
+) -> tuple[GateDecision, str | None]:
+    """Compare-and-swap ``current`` from the version the gate compared against.
+
+    If another promotion switched it meanwhile, the gate runs again against the new
+    current: the better version wins whichever finishes last, and the loser's version
+    stays written but not current, with the reason.
+    """
+    name = registry_cfg.model_name
+    for _attempt in range(10):
+        try:
+            reg.set_current(name, version, expected=expected)
+            return decision, version
+        except CurrentChangedError as e:
+            expected = e.actual
+            winner_card = reg.card(name, expected) if expected else None
+            decision = gate(
+                test_metrics, winner_card, metric=registry_cfg.gate_metric, mode=registry_cfg.gate_mode,
+                tolerance=registry_cfg.gate_tolerance, force=force, current_version=expected,
+            )
+            logger.info("%s: current moved to %s during the promotion of %s; gated again", name, expected, version)
+            if not decision.passed:
+                reason = f"{expected} became current while {version} was being promoted, and {decision.reason}"
+                return replace(decision, reason=reason), expected
+    raise RegistryError(f"{name} {version}: current kept moving during the promotion; try again")

@@ -256,3 +256,87 @@ def test_file_uri_and_fsspec_memory_registry(tmp_path, ckpts):
     local = reg.local_path("wdbc")
     assert load_checkpoint(local).meta["train_config"]["seed"] == 0
     assert reg.models() == ["wdbc"]
+
+
+# ------------------------------------------------------------------ races and unservable versions
+
+
+def _nan_checkpoint(directory: Path) -> Path:
+    """A complete, hash-valid checkpoint whose weights answer NaN (a training run that diverged)."""
+    import torch
+
+    from serve.testing import FEATURE_NAMES, synthetic_rows
+    from workloads.model import Standardizer, build_mlp, save_checkpoint
+
+    x, _ = synthetic_rows(64, 0)
+    std = Standardizer.from_moments(FEATURE_NAMES, len(x), x.sum(axis=0), (x**2).sum(axis=0))
+    module = build_mlp(len(FEATURE_NAMES), 8, 1, 0.0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.fill_(float("nan"))
+    return save_checkpoint(directory, module, std, arch={"n_features": len(FEATURE_NAMES), "hidden": 8, "depth": 1,
+                                                         "dropout": 0.0}, train_config={}, epoch=1,
+                           metrics={"val_roc_auc": 0.99})
+
+
+def test_a_version_that_cannot_serve_never_becomes_current(tmp_path, ckpts):
+    cfg = _cfg(tmp_path)
+    promote(cfg, ckpts[0], {"test_roc_auc": 0.9})
+    with pytest.raises(RegistryError, match=r"wdbc v2 cannot serve: .*current stays v1"):
+        promote(cfg, _nan_checkpoint(tmp_path / "nan"), {"test_roc_auc": 0.99})
+    reg = ModelRegistry(tmp_path)
+    assert reg.current("wdbc") == "v1" and "v2" in reg.versions("wdbc")  # written, inspectable, not current
+
+
+@pytest.mark.parametrize("round_", range(5))
+def test_two_promotions_at_once_the_better_one_wins(tmp_path, ckpts, monkeypatch, round_):
+    """Both read current=v1 and pass the gate; the worse one switches last. Before compare-and-swap it won."""
+    import time
+
+    import workloads.registry as registry_mod
+
+    cfg = _cfg(tmp_path)
+    promote(cfg, ckpts[0], {"test_roc_auc": 0.90})
+    real_gate = registry_mod.gate
+    both_gated = threading.Barrier(2)
+
+    def slow_gate(new_metrics, *args, **kwargs):
+        decision = real_gate(new_metrics, *args, **kwargs)
+        if kwargs.get("current_version") == "v1":  # the first gating of each promoter
+            both_gated.wait(timeout=30)
+            # Fault injection: the worse candidate reaches the switch last.
+            time.sleep(0.3 if new_metrics["test_roc_auc"] < 0.95 else 0.0)
+        return decision
+
+    monkeypatch.setattr(registry_mod, "gate", slow_gate)
+    results = {}
+
+    def run(key, ckpt, auc):
+        results[key] = promote(cfg, ckpt, {"test_roc_auc": auc})
+
+    threads = [threading.Thread(target=run, args=("better", ckpts[1], 0.97)),
+               threading.Thread(target=run, args=("worse", ckpts[2], 0.93))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    reg = ModelRegistry(tmp_path)
+    current = reg.current("wdbc")
+    assert reg.card("wdbc", current)["test_metrics"]["test_roc_auc"] == 0.97
+    assert results["better"].promoted and not results["worse"].promoted
+    assert "became current while" in results["worse"].gate.reason
+    assert results["worse"].current == results["better"].version
+    assert len(reg.versions("wdbc")) == 3  # nothing half-written, nothing lost
+
+
+def test_rollback_switches_unconditionally_and_cas_refuses_a_stale_expectation(tmp_path, ckpts):
+    from workloads.exceptions import CurrentChangedError
+
+    cfg = _cfg(tmp_path)
+    promote(cfg, ckpts[0], {"test_roc_auc": 0.9})
+    promote(cfg, ckpts[1], {"test_roc_auc": 0.95})
+    reg = ModelRegistry(tmp_path)
+    with pytest.raises(CurrentChangedError, match="current is v2 now, not v1"):
+        reg.set_current("wdbc", "v1", expected="v1")
+    assert reg.current("wdbc") == "v2"
+    assert reg.set_current("wdbc", "v1") == "v2" and reg.current("wdbc") == "v1"
