@@ -53,6 +53,39 @@ def max_body_bytes(max_instances: int) -> int:
     return max_instances * BYTES_PER_INSTANCE + 1024
 
 
+def check_body_size(n_bytes: int, max_instances: int) -> None:
+    """Refuse a body of ``n_bytes`` (or one already known to be at least that long) with 413."""
+    limit = max_body_bytes(max_instances)
+    if n_bytes > limit:
+        raise InvalidRequestError(
+            f"request body is {n_bytes} bytes or more: must be at most {limit} (at most {max_instances} instances)", 413,
+        )
+
+
+#: Content types whose body is read as JSON. ``application/x-www-form-urlencoded`` is what
+#: ``curl -d`` and Python's urllib send when no type is given; the body must still be JSON.
+_JSON_TYPES = ("application/json", "application/x-www-form-urlencoded")
+
+
+def check_content_type(value: str | None) -> None:
+    """Refuse a declared media type or charset the body cannot be (415); no header is fine.
+
+    Accepted: ``application/json``, any ``application/*+json``, and
+    ``application/x-www-form-urlencoded`` (the default of ``curl -d``), with no
+    charset or ``utf-8``.
+    """
+    if value is None or not value.strip():
+        return
+    mime, _, params = value.partition(";")
+    mime = mime.strip().lower()
+    if mime not in _JSON_TYPES and not (mime.startswith("application/") and mime.endswith("+json")):
+        raise InvalidRequestError(f"Content-Type {_describe(value)}: must be application/json", 415)
+    for param in params.split(";"):
+        key, _, val = param.partition("=")
+        if key.strip().lower() == "charset" and val.strip().strip('"').lower() not in ("utf-8", "utf8"):
+            raise InvalidRequestError(f"Content-Type {_describe(value)}: the charset must be utf-8", 415)
+
+
 def _describe(value: Any) -> str:
     text = json.dumps(value) if isinstance(value, (str, bool)) or value is None else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -94,6 +127,14 @@ def parse_instances(body: bytes, feature_names: Sequence[str], max_instances: in
         raise InvalidRequestError(f"request body is not UTF-8 text ({e.reason})", 400) from e
     except json.JSONDecodeError as e:
         raise InvalidRequestError(f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}", 400) from e
+    except RecursionError:
+        # The C decoder recurses per nesting level; a valid body nests 3 levels deep.
+        raise InvalidRequestError(
+            'request body is nested too deeply: must be {"instances": [[numbers...] or {name: number}, ...]}', 400,
+        ) from None
+    except ValueError as e:
+        # e.g. an integer literal longer than Python's int conversion limit (4300 digits).
+        raise InvalidRequestError(f"request body has a value that cannot be read: {e}", 422) from e
     if not isinstance(payload, dict):
         raise InvalidRequestError(
             f'request body is a JSON {type(payload).__name__}: must be an object {{"instances": [...]}}', 400
@@ -158,6 +199,21 @@ def parse_instances(body: bytes, feature_names: Sequence[str], max_instances: in
     return x
 
 
+def check_outputs(probabilities: np.ndarray) -> None:
+    """Refuse to answer a probability that is not a finite number (422 naming the instance).
+
+    Every input is finite, yet values far outside what the model was fitted on can
+    overflow during standardization; answering ``NaN`` as "benign" would be wrong.
+    """
+    bad = ~np.isfinite(probabilities)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InvalidRequestError(
+            f"instances[{i}]: the model gives no finite probability for these values "
+            "(far outside the range it was trained on)", 422,
+        )
+
+
 def encode_predictions(probabilities: np.ndarray, *, model_name: str, model_version: str) -> bytes:
     """The JSON body answering a predict request."""
     preds = []
@@ -174,6 +230,11 @@ def error_body(message: str) -> bytes:
     """The JSON body of a 4xx answer."""
     return json.dumps({"error": message}).encode()
 
+
+#: OpenAPI schema of every 4xx body.
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["error"], "properties": {"error": {"type": "string"}},
+}
 
 #: OpenAPI schema of the predict body, shown on ``/docs``.
 PREDICT_REQUEST_SCHEMA: dict[str, Any] = {
