@@ -33,6 +33,7 @@ from cluster.client import (
 )
 from cluster.client import preflight
 from cluster.client.manifests import without_autoscaled_replicas
+from cluster.client.rayservice import ensure_token_secret
 from cluster.client.rayjob import TERMINAL_JOB_STATUSES
 from workloads.cli import config_from_args, confirm, emit, print_table, progress
 from workloads.config import WorkspaceConfig
@@ -141,6 +142,9 @@ def _up(args: argparse.Namespace) -> int:
                     continue
                 except NotFoundError:
                     pass
+            if kind == "RayService" and ensure_token_secret(api, obj):
+                rows.append({"kind": "Secret", "name": obj["spec"]["rayClusterConfig"]["authOptions"]["secretName"],
+                             "namespace": api.namespace, "action": "created (random token)"})
             progress(args, f"applying {res.ref}")
             try:
                 res.apply()
@@ -243,6 +247,23 @@ def _scale(args: argparse.Namespace) -> int:
         emit(args, {"cluster": cluster.name, "group": args.group, "field": field, "from": current,
                     "replicas": args.replicas},
              f"{cluster.ref}: worker group {args.group} {field} {current} -> {args.replicas}")
+    return 0
+
+
+def _rotate_token(args: argparse.Namespace) -> int:
+    from cluster.manifests import RAYSERVICE_NAME
+
+    cfg = _config(args)
+    with _connect(args, cfg) as api:
+        svc = RayService.get(api, _name_of(cfg, RAYSERVICE_NAME))
+        if not confirm(args, f"Rotate the Ray auth token of {svc.ref} (an upgrade to a new cluster, no downtime)?"):
+            print("aborted; nothing changed")
+            return 1
+        old = svc.auth_secret_name
+        progress(args, f"rotating the token of {svc.ref}: waiting up to {args.timeout:g}s for the upgrade")
+        new = svc.rotate_token(timeout=args.timeout)
+        emit(args, {"service": svc.name, "old_secret": old, "secret": new, "cluster": svc.active_cluster},
+             f"{svc.ref}: token rotated; Secret {new} (cluster {svc.active_cluster}), {old} deleted")
     return 0
 
 
@@ -436,6 +457,11 @@ def register(subparsers: argparse._SubParsersAction, cluster_sub: argparse._SubP
     status = cluster_sub.add_parser("status", parents=parents, help="RayCluster, RayService and RayJobs at a glance")
     status.set_defaults(func=_status)
 
+    rotate = cluster_sub.add_parser("rotate-token", parents=parents,
+                                    help="rotate the RayService's Ray auth token without downtime")
+    rotate.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the upgrade (default 1800)")
+    rotate.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    rotate.set_defaults(func=_rotate_token)
     scale = cluster_sub.add_parser("scale", parents=parents, help="set a worker group's replicas (within min/max)")
     scale.add_argument("group", help="worker group name, e.g. cpu")
     scale.add_argument("replicas", type=int)

@@ -997,6 +997,25 @@ def check_gcs_redis(objects: list[dict[str, Any]]) -> list[Finding]:
     return out
 
 
+def check_rayservice_token(objects: list[dict[str, Any]]) -> list[Finding]:
+    """A token-authenticated RayService names its own token Secret.
+
+    Without ``authOptions.secretName`` KubeRay creates a Secret named after each RayCluster
+    (ray-operator/controllers/ray/raycluster_controller.go, reconcileAuthSecret), so every upgrade's new
+    cluster has a new token and clients holding the old one get 401s.
+    """
+    out = []
+    for svc in _of(objects, "RayService"):
+        auth = ((svc.get("spec") or {}).get("rayClusterConfig") or {}).get("authOptions") or {}
+        if str(auth.get("mode", "")).lower() != "token":
+            continue
+        out.append(passed("rayservice-stable-token", obj_id(svc), f"token Secret {auth['secretName']!r} survives upgrades")
+                   if auth.get("secretName") else
+                   failed("rayservice-stable-token", obj_id(svc), "rayClusterConfig.authOptions has no secretName: KubeRay "
+                          "makes a token Secret per RayCluster, so every upgrade changes the token clients hold"))
+    return out
+
+
 def check_serve_sync() -> list[Finding]:
     from cluster._internal import serve_sync
 
@@ -1092,6 +1111,7 @@ NAMESPACE_CHECKS: dict[str, Callable[[list[dict[str, Any]]], list[Finding]]] = {
     "serve-ingress-env": check_serve_ingress_env,
     "raycronjob-history-bounded": check_cron_history,
     "gcs-redis-tls": check_gcs_redis,
+    "rayservice-stable-token": check_rayservice_token,
 }
 
 

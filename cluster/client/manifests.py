@@ -178,6 +178,10 @@ def customize(
             meta = obj.setdefault("metadata", {})
             old = str(meta.get("name", ""))
             meta["name"] = renamed(base_name, name, old)
+            for spec in _cluster_specs(obj):
+                auth = spec.get("authOptions") or {}
+                if auth.get("secretName"):
+                    auth["secretName"] = renamed(base_name, name, str(auth["secretName"]))
             if obj.get("kind") == "RayCluster":
                 renamed_cluster[old] = meta["name"]
         for obj in out:

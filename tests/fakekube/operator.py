@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
+import json
 import secrets
 import threading
 import time
@@ -220,7 +222,9 @@ class FakeOperator:
         except yaml.YAMLError:
             serve_cfg = {}
         apps = [a.get("name", "default") for a in serve_cfg.get("applications") or []]
-        cluster = f"{name}-raycluster-{meta['uid'][:5]}"
+        # Like KubeRay, a changed rayClusterConfig means a new cluster (an upgrade); the name follows the config.
+        config_hash = hashlib.sha1(json.dumps(spec.get("rayClusterConfig") or {}, sort_keys=True).encode()).hexdigest()
+        cluster = f"{name}-raycluster-{config_hash[:5]}"
         if ready:
             self._ensure({"apiVersion": "v1", "kind": "Service",
                           "metadata": {"name": f"{name}-serve-svc", "namespace": ns,

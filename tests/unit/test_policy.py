@@ -454,6 +454,13 @@ def test_plaintext_gcs_redis_without_a_recorded_risk_fails(rendered):
     assert any(f.ok and "over TLS" in f.message for f in policy.check_gcs_redis(objects))
 
 
+def test_rayservice_token_per_cluster_fails(rendered):
+    # The old manifests: no secretName, so each upgrade's RayCluster got its own new token.
+    objects = copy.deepcopy(rendered["dev"])
+    del manifests.find(objects, "RayService")["spec"]["rayClusterConfig"]["authOptions"]["secretName"]
+    assert "authOptions has no secretName" in _namespace_failure(objects, "rayservice-stable-token")
+
+
 def test_serve_config_out_of_sync_names_the_fix(monkeypatch, tmp_path):
     stale = tmp_path / "rayservice.yaml"
     stale.write_text(serve_sync.RAYSERVICE_FILE.read_text().replace("model_name: wdbc", "model_name: other"))

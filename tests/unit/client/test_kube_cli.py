@@ -235,3 +235,24 @@ def test_up_as_namespace_admin_goes_on_without_the_quota(run: Run, fake: FakeKub
     assert ("ResourceQuota", "forbidden") in rows and ("RayCluster", "applied") in rows
     assert "ask a cluster admin to apply it" in err
     assert fake.get("RayCluster", "rayspace", "rayspace") is not None
+
+
+def test_rayservice_token_is_stable_and_rotates_without_downtime(run: Run, fake: FakeKube, operator: FakeOperator) -> None:
+    code, out, err = run("cluster", "up", "--timeout", "15", "--json")
+    assert code == 0, err
+    assert ("Secret", "created (random token)") in {(o["kind"], o["action"]) for o in last_json(out)["objects"]}
+    first = fake.get("Secret", "rayspace-serve-auth", "rayspace")
+    assert first is not None and base64.b64decode(first["data"]["auth_token"])
+    assert run("cluster", "up", "--timeout", "15")[0] == 0  # a second up keeps the token
+    assert fake.get("Secret", "rayspace-serve-auth", "rayspace")["data"] == first["data"]
+
+    before = fake.get("RayService", "rayspace-serve", "rayspace")["status"]["activeServiceStatus"]["rayClusterName"]
+    code, out, err = run("cluster", "rotate-token", "--yes", "--json", "--timeout", "15")
+    assert code == 0, err
+    result = last_json(out)
+    assert result["old_secret"] == "rayspace-serve-auth" and result["secret"].startswith("rayspace-serve-auth-r")
+    svc = fake.get("RayService", "rayspace-serve", "rayspace")
+    assert svc["spec"]["rayClusterConfig"]["authOptions"]["secretName"] == result["secret"]
+    assert svc["status"]["activeServiceStatus"]["rayClusterName"] not in ("", before)
+    assert fake.get("Secret", result["secret"], "rayspace")["data"] != first["data"]
+    assert fake.get("Secret", "rayspace-serve-auth", "rayspace") is None
