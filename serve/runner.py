@@ -314,11 +314,7 @@ def local_run_dir() -> str:
 
 def remove_run_dir() -> None:
     """Stop whatever still names this process's run dir, then remove the dir (Ray must be stopped)."""
-    with _lock:
-        run_dir, _state["run_dir"] = _state["run_dir"], None
-        for key in list(_state["env_set"]):
-            if os.environ.get(key) == _state["env_set"].pop(key):
-                del os.environ[key]
+    run_dir = _state["run_dir"]  # stays set until the dir is gone: a forced stop meanwhile needs it
     if run_dir is None:
         return
     # Ray's workers and agents exit on their own shortly after the raylet; give them that time.
@@ -333,6 +329,11 @@ def remove_run_dir() -> None:
                        len(left), _EXIT_GRACE_S, ", ".join(map(str, left)))
         _kill_all(left)
     shutil.rmtree(run_dir, ignore_errors=True)
+    with _lock:
+        _state["run_dir"] = None
+        for key in list(_state["env_set"]):
+            if os.environ.get(key) == _state["env_set"].pop(key):
+                del os.environ[key]
 
 
 def _remove_run_dir_at_exit(run_dir: str) -> None:
