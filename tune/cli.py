@@ -33,8 +33,10 @@ def _tune(args: argparse.Namespace) -> int:
         else:
             print_table([{"#": i, **{k: _fmt(v) for k, v in c.items()}} for i, c in enumerate(configs)])
         return 0
+    from workloads._cli import check_inputs
     from workloads.runtime import ensure_ray
 
+    check_inputs(cfg)  # a missing lake is one line, before Ray starts
     info = ensure_ray()
     from workloads.shared_storage import check_shared
 

@@ -60,6 +60,42 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     ev.set_defaults(func=_evaluate)
 
 
+def check_inputs(cfg, *, checkpoint: str | None = None, lake: bool = True) -> None:
+    """Fail with one line before Ray starts when a command's inputs are not there.
+
+    Starting Ray costs seconds and prints its own lines first; a typo in a checkpoint
+    path or a lake that was never ingested should not wait for that.
+
+    Args:
+        cfg: The command's :class:`~workloads.config.WorkspaceConfig`.
+        checkpoint: The ``CHECKPOINT`` argument, if the command takes one.
+        lake: Whether the command reads the lake (``data.lake``, ``data.snapshot``).
+
+    Raises:
+        CheckpointError: ``checkpoint`` is not a location, not there, or has no ``model.json``.
+        LakeNotFoundError: No lake at ``data.lake``, or it holds no committed data.
+    """
+    from workloads import lake as lake_mod
+    from workloads import storage
+    from workloads.exceptions import CheckpointError, StorageError
+    from workloads.model import META_FILE
+
+    if checkpoint is not None:
+        try:
+            uri = storage.canonical(checkpoint)
+            there, complete = storage.exists(uri), storage.exists(storage.join(uri, META_FILE))
+        except StorageError as e:
+            raise CheckpointError(f'Got "{checkpoint}" for CHECKPOINT: {e}') from e
+        if not there:
+            raise CheckpointError(f'Got "{checkpoint}" for CHECKPOINT: no such directory; pass a checkpoint directory, '
+                                  "e.g. the `best checkpoint:` that `rayspace train` prints")
+        if not complete:
+            raise CheckpointError(f'Got "{checkpoint}" for CHECKPOINT: not a complete checkpoint ({META_FILE} is '
+                                  "missing); pass a checkpoint_* directory of a finished run")
+    if lake:
+        lake_mod.require(cfg.data.lake, cfg.data.snapshot)
+
+
 def _config_show(args: argparse.Namespace) -> int:
     from workloads.cli import config_from_args, emit
     from workloads.config import dump_config
@@ -115,7 +151,7 @@ def _data_list(args: argparse.Namespace) -> int:
     from workloads.cli import config_from_args, emit, print_table
 
     cfg = config_from_args(args, {"data.lake": args.lake})
-    snap = lake.resolve(cfg.data.lake, args.snapshot)
+    snap = lake.require(cfg.data.lake, args.snapshot, committed=False)
     parts = snap.manifests
     if args.json:
         emit(args, {"lake": cfg.data.lake, "snapshot": snap.id, "fingerprint": snap.fingerprint,
@@ -158,6 +194,7 @@ def _train(args: argparse.Namespace) -> int:
     from workloads.train import train
 
     cfg = config_from_args(args, {"train.epochs": args.epochs, "train.num_workers": args.workers, "train.storage_path": args.storage})
+    check_inputs(cfg)
     info = ensure_ray()
     from workloads.shared_storage import check_shared
 
@@ -178,6 +215,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from workloads.runtime import ensure_ray
 
     cfg = config_from_args(args)
+    check_inputs(cfg, checkpoint=args.checkpoint)
     ensure_ray()
     report = evaluate(cfg, args.checkpoint, output_dir=args.out)
     human = (

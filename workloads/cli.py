@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rayspace",
         description="Ray-on-Kubernetes workspace: lake -> Ray Data -> Ray Train -> Ray Tune -> Ray Serve, on a laptop or KubeRay.",
     )
+    # The common options are also accepted before the subcommand (`rayspace --config x.yaml run`). They get
+    # their own dests: argparse copies every subcommand default over what the main parser read.
+    parser.add_argument("--config", "-c", dest="global_config", metavar="FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--set", dest="global_overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--json", dest="global_json", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", dest="global_verbose", action="count", default=0, help=argparse.SUPPRESS)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     common = common_parser()
@@ -123,10 +130,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _merge_global_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Fold the common options given before the subcommand into the subcommand's own."""
+    given = [flag for flag, value in (("--config", args.global_config), ("--set", args.global_overrides),
+                                      ("--json", args.global_json)) if value]
+    if given and not hasattr(args, "overrides"):
+        parser.error(f"{' and '.join(given)} given before `{args.command}`, which takes no such option")
+    if args.global_config is not None:
+        if args.config is not None and args.config != args.global_config:
+            parser.error(f'--config given twice ("{args.global_config}" and "{args.config}"): give it once')
+        args.config = args.global_config
+    if hasattr(args, "overrides"):
+        args.overrides = [*args.global_overrides, *args.overrides]  # the later --set wins, as on one command line
+        args.json = args.json or args.global_json
+    args.verbose = getattr(args, "verbose", 0) + args.global_verbose
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rayspace`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _merge_global_options(parser, args)
     _setup_logging(getattr(args, "verbose", 0))
     handler: Handler = args.func
     try:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -360,22 +361,53 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _field_annotation(dotted: str) -> Any:
+    """The type annotation of the setting ``dotted`` (``data.split_salt`` -> ``str``); ``None`` if unknown."""
+    model: Any = WorkspaceConfig
+    annotation: Any = None
+    for part in dotted.split("."):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        model = annotation
+    return annotation
+
+
+def _takes_text(annotation: Any) -> bool:
+    """Whether a setting of this type is text (``str``, ``str | None``, a ``Literal`` of strings)."""
+    if annotation is str:
+        return True
+    args = get_args(annotation)
+    if get_origin(annotation) is Literal:
+        return all(isinstance(a, str) for a in args)
+    return get_origin(annotation) in (Union, UnionType) and any(_takes_text(a) for a in args if a is not type(None))
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """Parse one ``section.field=value`` override; the value is read as YAML (so ``1e-3``, ``true``, ``[1, 2]`` work)."""
+    """Parse one ``section.field=value`` override.
+
+    The value is read as YAML (so ``1e-3``, ``true``, ``[1, 2]`` work), except that a
+    text setting keeps the text: ``data.split_salt=2e5`` is the salt ``"2e5"``, not
+    the number 200000.0 (``null`` still clears an optional one).
+    """
     if "=" not in text:
         raise ConfigError(f'Got "{text}" for --set: must be section.field=value, e.g. train.lr=0.001', [])
     key, raw = text.split("=", 1)
+    key = key.strip()
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(f'Got "{raw}" for {key.strip()}: not a valid YAML value ({e})', []) from e
+        raise ConfigError(f'Got "{raw}" for {key}: not a valid YAML value ({e})', []) from e
+    if _takes_text(_field_annotation(key)):
+        # YAML would make 2e5, 0123 or yes a number or a bool; a text setting means the text as typed.
+        return key, value if value is None or isinstance(value, str) else raw.strip()
     # YAML 1.1 reads "1e-3" as a string; numbers are what people mean here.
     if isinstance(value, str):
         try:
             value = float(value) if any(c in value for c in ".eE") else value
         except ValueError:
             pass
-    return key.strip(), value
+    return key, value
 
 
 def load_config(

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from workloads.config import DataConfig
-from workloads.exceptions import DataError, LakeNotFoundError
+from workloads.exceptions import DataError
 from workloads import lake as _lake
 from workloads.lake import Manifest, Snapshot
 from workloads.model import Standardizer
@@ -118,11 +118,7 @@ def open_snapshot(data_cfg: DataConfig) -> Snapshot:
     files (each written once, never replaced) keeps the run on it whatever ingests land
     meanwhile; the lease keeps ``rayspace data gc`` from removing it while the run lives.
     """
-    snap = _lake.resolve(data_cfg.lake, data_cfg.snapshot)
-    if not snap.partitions:
-        raise LakeNotFoundError(
-            f'The lake at "{data_cfg.lake}" has no committed data: run `rayspace data ingest` (or set data.lake)'
-        )
+    snap = _lake.require(data_cfg.lake, data_cfg.snapshot)
     _lake.hold(data_cfg.lake, snap.id, purpose="processing")
     return snap
 

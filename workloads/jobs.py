@@ -121,6 +121,14 @@ def _setting(cfg: Any, dotted: str) -> Any:
     return getattr(getattr(cfg, section), name)
 
 
+#: The rules :func:`storage_problems` reports, one per kind of problem.
+RULE_RELATIVE = "must be an absolute path or a URI inside a Ray job"
+RULE_INSIDE = "is inside the job's temporary working dir"
+#: How to fix every storage problem at once.
+STORAGE_FIX = ("pass --config jobs/kuberay.yaml (KubeRay) or --config jobs/local.yaml (local Ray), or set them to "
+               "shared storage (/data/... on the KubeRay PVC, s3://, gs://)")
+
+
 def storage_problems(cfg: Any, job: JobContext) -> list[tuple[str, Any, str]]:
     """Storage settings that would write into the job's temporary working directory.
 
@@ -129,7 +137,8 @@ def storage_problems(cfg: Any, job: JobContext) -> list[tuple[str, Any, str]]:
         job: The job (its working directory is the temporary copy).
 
     Returns:
-        ``(setting, value, rule)`` per offending setting, in :data:`STORAGE_SETTINGS` order.
+        ``(setting, value, rule)`` per offending setting, in :data:`STORAGE_SETTINGS` order;
+        the rule is :data:`RULE_RELATIVE` or :data:`RULE_INSIDE`.
     """
     problems: list[tuple[str, Any, str]] = []
     for dotted in STORAGE_SETTINGS:
@@ -141,15 +150,20 @@ def storage_problems(cfg: Any, job: JobContext) -> list[tuple[str, Any, str]]:
         else:
             value_path = os.path.expanduser(value)
         if not os.path.isabs(value_path):
-            problems.append((dotted, value, (
-                "must be an absolute path or a URI inside a Ray job: a relative path lands in the job's "
-                f"temporary working dir ({job.working_dir}), which other nodes cannot see and Ray deletes; "
-                "use shared storage such as /data/... on the KubeRay PVC, or s3://, gs://")))
+            problems.append((dotted, value, RULE_RELATIVE))
         elif job.working_dir and _inside(value_path, job.working_dir):
-            problems.append((dotted, value, (
-                f"is inside the job's temporary working dir ({job.working_dir}), which other nodes cannot see "
-                "and Ray deletes; use shared storage outside it")))
+            problems.append((dotted, value, RULE_INSIDE))
     return problems
+
+
+def storage_message(problems: list[tuple[str, Any, str]], working_dir: str) -> str:
+    """One line for all storage problems: the settings and values per rule, why, and the fix once."""
+    parts = []
+    for rule in dict.fromkeys(r for _, _, r in problems):
+        named = ", ".join(f'"{v}" for {f}' for f, v, r in problems if r == rule)
+        parts.append(f"Got {named}: {rule}")
+    return (f"{'; '.join(parts)} (the job runs in a temporary copy of the working dir, {working_dir}: what is "
+            f"written there is lost with the job and other nodes cannot see it); {STORAGE_FIX}")
 
 
 def check_job_storage(
@@ -167,14 +181,14 @@ def check_job_storage(
 
     Raises:
         ConfigError: A storage setting is relative or inside the job's working dir;
-            ``problems`` names each ``(setting, value, rule)``.
+            ``problems`` names each ``(setting, value, rule)``, the message all of them on one line.
     """
     job = current_job(environ, cwd)
     if job is None:
         return None
     problems = storage_problems(cfg, job)
     if problems:
-        raise ConfigError("; ".join(f'Got "{v}" for {f}: {rule}' for f, v, rule in problems), problems)
+        raise ConfigError(storage_message(problems, job.working_dir), problems)
     return job
 
 

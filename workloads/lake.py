@@ -287,6 +287,12 @@ def _coerce_frame(df: pd.DataFrame, path: str, row_offset: int) -> pd.DataFrame:
     Raises:
         SchemaError: naming the file, the row (1-based, data rows) and column.
     """
+    if len(df.columns) == 1:
+        header = str(df.columns[0])
+        sep = next((d for d in (";", "\t", "|") if d in header), None)
+        if sep is not None:
+            raise SchemaError(path, f"the header is one column ({header[:40]!r}...): the file looks {sep!r}-separated; "
+                                    "the lake reads comma-separated CSV (save it with ',' as the delimiter)")
     df = df.rename(columns={c: snake_case(str(c)) for c in df.columns})
     required = [ID_COLUMN, *FEATURE_NAMES, LABEL_COLUMN]
     missing = [c for c in required if c not in df.columns]
@@ -376,6 +382,9 @@ def _iter_source_frames(source: str) -> Iterator[tuple[str, pd.DataFrame, int]]:
                     for chunk in pd.read_csv(stream, dtype=str, chunksize=_CHUNK_ROWS, keep_default_na=True):
                         yield f, chunk, offset
                         offset += len(chunk)
+            except pd.errors.EmptyDataError as e:
+                raise SchemaError(f, "empty file: a CSV needs a header row (patient_id, the 30 features, the label) "
+                                     "and data rows") from e
             except (pd.errors.ParserError, UnicodeDecodeError) as e:
                 raise SchemaError(f, f"not a readable CSV file ({e})") from e
         elif lower.endswith((".parquet", ".pq")):
@@ -478,6 +487,35 @@ def resolve(lake: str, snapshot: int | None = None) -> Snapshot:
         f"Got {snapshot} for data.snapshot: the lake at \"{lake}\" has no such snapshot "
         f"(kept: {kept or [head.id]}; current: {head.id}); `rayspace data list` shows them"
     )
+
+
+def require(lake: str, snapshot: int | None = None, *, committed: bool = True) -> Snapshot:
+    """Like :func:`resolve`, but a lake that is not there is an error, not an empty snapshot.
+
+    Cheap and Ray-free, so commands check the lake before they start Ray.
+
+    Args:
+        lake: The lake root (``data.lake``).
+        snapshot: ``data.snapshot``, or ``None`` for the current one.
+        committed: Also refuse a lake that exists but holds no committed data (readers need some).
+
+    Raises:
+        LakeNotFoundError: Nothing at ``lake`` (a typo, or never ingested), ``snapshot`` is not
+            kept, or (``committed``) the lake holds no data yet.
+        LakeCorruptError: The pointer or a record is not valid.
+    """
+    fs, table = table_path(lake)
+    if not _exists(fs, table):
+        raise LakeNotFoundError(
+            f'Got "{lake}" for data.lake: there is no lake there ({table} does not exist); '
+            f"check the path, or create it with `rayspace data ingest --lake {lake}`"
+        )
+    snap = resolve(lake, snapshot)
+    if committed and not snap.partitions:
+        raise LakeNotFoundError(
+            f'The lake at "{lake}" has no committed data: run `rayspace data ingest` (or set data.lake)'
+        )
+    return snap
 
 
 def snapshot_history(lake: str) -> list[Snapshot]:

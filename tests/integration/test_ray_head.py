@@ -188,7 +188,8 @@ def test_relative_storage_is_refused_as_a_job_naming_the_setting(ray_head: RayHe
     assert status == 200 and info["status"] == "FAILED", info
     assert done.returncode != 0
     logs = job_logs(ray_head, submission_id)
-    assert 'error: Got "./lake" for data.lake: must be an absolute path or a URI inside a Ray job' in logs, logs[-3000:]
+    assert 'error: Got "./lake" for data.lake, "./results" for train.storage_path' in logs, logs[-3000:]
+    assert "must be an absolute path or a URI inside a Ray job" in logs and "--config jobs/kuberay.yaml" in logs
     assert "train.storage_path" in logs and "registry.path" in logs
     assert "Traceback" not in logs  # a clear error, not a crash
 

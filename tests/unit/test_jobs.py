@@ -70,8 +70,12 @@ def test_relative_storage_refused_in_a_job_naming_every_setting(tmp_path, workdi
         jobs.check_job_storage(cfg, job_env(tmp_path), str(workdir))
     assert [p[0] for p in err.value.problems] == list(jobs.STORAGE_SETTINGS)
     msg = str(err.value)
-    assert 'Got "./results" for train.storage_path: must be an absolute path or a URI inside a Ray job' in msg
-    assert 'Got "./lake" for data.lake' in msg and 'Got "./models" for registry.path' in msg
+    # One line: every setting and value, the rule once, the fix once (not a paragraph per setting).
+    assert "\n" not in msg
+    assert ('Got "./lake" for data.lake, "./results" for train.storage_path, "./results" for tune.storage_path, '
+            '"./models" for registry.path: must be an absolute path or a URI inside a Ray job') in msg
+    assert msg.count(jobs.RULE_RELATIVE) == 1 and msg.count("jobs/local.yaml") == 1
+    assert "--config jobs/kuberay.yaml" in msg and "--config jobs/local.yaml" in msg
     assert str(workdir) in msg  # says where the files would have gone
 
 
