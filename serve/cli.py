@@ -112,15 +112,19 @@ def cmd_promote(args: argparse.Namespace) -> int:
     cfg = _config(args)
     metrics = _json_arg(args.metrics, "--metrics")
     trial_config = _json_arg(args.trial_config, "--trial-config")
+    compare = None
     if metrics is None:
         progress(args, f"evaluating {args.checkpoint} on the test split of {cfg.data.lake} ...")
-        from workloads.evaluate import evaluate
+        from workloads.evaluate import evaluate, make_comparer
         from workloads.runtime import ensure_ray
 
         ensure_ray()  # the test split is read with Ray Data
         metrics = evaluate(cfg, args.checkpoint)
+        # The current version is re-scored on the same rows instead of trusting its card's number.
+        compare = make_comparer(cfg, args.checkpoint)
     test_metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    res = promote(cfg.registry, args.checkpoint, test_metrics, trial_config=trial_config, force=args.force)
+    res = promote(cfg.registry, args.checkpoint, test_metrics, trial_config=trial_config, force=args.force,
+                  compare=compare)
     payload = res.to_dict()
     if res.promoted:
         human = f"{res.name} {res.version} is now current (was {res.previous or 'none'}): {res.gate.reason}"

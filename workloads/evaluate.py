@@ -191,3 +191,91 @@ def _localize(checkpoint: str, scratch: str) -> str:
         raise CheckpointError(f'Got "{checkpoint}" for the checkpoint: no such directory') from e
     except StorageError as e:
         raise CheckpointError(f'Got "{checkpoint}" for the checkpoint: cannot fetch it ({e})') from e
+
+
+# ------------------------------------------------------------------ comparing two models on the same rows
+
+
+def _metric_fn(metric: str):
+    """``metric`` (``test_roc_auc``, ``test_accuracy``, ...) as a function of (probs, labels)."""
+    from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+
+    def auc(p, y):
+        return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+
+    fns = {
+        "test_roc_auc": auc,
+        "test_accuracy": lambda p, y: float(((p >= 0.5).astype(int) == y).mean()),
+        "test_precision": lambda p, y: float(precision_score(y, (p >= 0.5).astype(int), zero_division=0)),
+        "test_recall": lambda p, y: float(recall_score(y, (p >= 0.5).astype(int), zero_division=0)),
+        "test_f1": lambda p, y: float(f1_score(y, (p >= 0.5).astype(int), zero_division=0)),
+    }
+    if metric not in fns:
+        raise DataError(f'Got "{metric}" for registry.gate_metric: a re-scored comparison supports {sorted(fns)}')
+    return fns[metric]
+
+
+def paired_bootstrap(
+    new_probs: np.ndarray, cur_probs: np.ndarray, labels: np.ndarray, metric: str, *,
+    resamples: int = 1000, seed: int = 0,
+) -> dict[str, Any]:
+    """Difference of ``metric`` (new minus current) on the same rows, with a paired bootstrap 95% interval.
+
+    Each resample draws the same rows (with replacement) for both models, so the interval
+    reflects the test set's size and the models' correlation; resamples with one class only
+    (no AUC) are skipped.
+    """
+    fn = _metric_fn(metric)
+    y = labels.astype(int)
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(y), len(y))
+        d = fn(new_probs[idx], y[idx]) - fn(cur_probs[idx], y[idx])
+        if np.isfinite(d):
+            deltas.append(d)
+    new_value, cur_value = fn(new_probs, y), fn(cur_probs, y)
+    lo, hi = (np.percentile(deltas, [2.5, 97.5]).tolist() if deltas else [float("nan"), float("nan")])
+    return {"metric": metric, "new": new_value, "current": cur_value, "delta": new_value - cur_value,
+            "ci95": [float(lo), float(hi)], "rows": int(len(y)), "resamples": len(deltas), "seed": seed}
+
+
+def make_comparer(cfg: WorkspaceConfig, checkpoint: str, *, resamples: int = 1000):
+    """A function that re-scores a current registry version against ``checkpoint`` on the same test rows.
+
+    Both models score every row of one pass over the test split (each with its own
+    fitted standardization), so the comparison never mixes test sets. Ray must be initialized.
+
+    Returns:
+        ``compare(current_version_dir) -> dict`` (see :func:`paired_bootstrap`).
+    """
+    from workloads.data import process
+    from workloads.model import load_checkpoint
+
+    def compare(current_dir: str | os.PathLike[str]) -> dict[str, Any]:
+        with tempfile.TemporaryDirectory(prefix="rayspace-compare-") as scratch:
+            new = load_checkpoint(_localize(storage.canonical(checkpoint), scratch))
+            cur = load_checkpoint(current_dir)
+            if tuple(cur.feature_names) != tuple(new.feature_names):
+                raise DataError("the current version uses other features than the candidate: cannot re-score it "
+                                "on the same rows")
+            processed = process(cfg.data, standardizer=new.standardizer)
+            torch = new._torch
+            new_p, cur_p, labels = [], [], []
+            for batch in processed.datasets["test"].iter_batches(batch_size=4096, batch_format="numpy"):
+                z_new = np.array(batch["x"], dtype=np.float32)
+                # Undo the candidate's standardization, apply the current model's own.
+                raw = z_new.astype(np.float64) * new.standardizer.scale + new.standardizer.mean
+                z_cur = cur.standardizer.transform(raw)
+                with torch.inference_mode():
+                    new_p.append(torch.sigmoid(new.module(torch.from_numpy(z_new)).reshape(-1)).numpy())
+                    cur_p.append(torch.sigmoid(cur.module(torch.from_numpy(z_cur)).reshape(-1)).numpy())
+                labels.append(np.asarray(batch["y"]).reshape(-1))
+        if not labels:
+            raise DataError("the test split is empty: nothing to compare on")
+        result = paired_bootstrap(np.concatenate(new_p).astype(np.float64), np.concatenate(cur_p).astype(np.float64),
+                                  np.concatenate(labels), cfg.registry.gate_metric, resamples=resamples)
+        result["data_fingerprint"] = processed.fingerprint
+        return result
+
+    return compare

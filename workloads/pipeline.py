@@ -18,8 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from workloads import runs
+from workloads import storage as storage_location
 from workloads.config import SMOKE_OVERRIDES, WorkspaceConfig, with_overrides
-from workloads.exceptions import DataError
+from workloads.exceptions import DataError, LakeNotFoundError
 from workloads.jobs import check_job_storage, job_summary, write_job_record
 
 logger = logging.getLogger(__name__)
@@ -39,7 +41,46 @@ class PipelineOptions:
     skip_ingest: bool = False
     skip_tune: bool = False
     keep_serving: bool = False
+    #: ``--run-id``: the id of this run (default: the Ray job's submission id, else a fresh one).
+    run_id: str | None = None
+    #: ``--resume``: the id of an interrupted run to finish.
+    resume: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _RunState:
+    """The run's record and the skip/record chores of each stage."""
+
+    record: runs.RunRecord
+    resumed: bool
+    storage_path: str
+    summary: dict[str, Any]
+    say: Progress
+    start: float
+
+    def reuse(self, stage: str, inputs: dict[str, Any],
+              paths: Callable[[dict[str, Any]], list[str | None]] = lambda out: []) -> dict[str, Any] | None:
+        """The recorded outputs of ``stage`` if a resumed run may skip it, else ``None`` (run it)."""
+        if not self.resumed:
+            return None
+        ok, why = runs.reusable(self.record, stage, inputs, paths(self.record.outputs(stage)))
+        if not ok:
+            self.say(f"[{stage}] runs: {why}")
+            return None
+        self.summary["skipped"].append(stage)
+        self.record.skipped.append(stage)
+        self.say(f"[{stage}] skipped: run {self.record.run_id} finished it with the same inputs and its outputs are there")
+        return self.record.outputs(stage)
+
+    def done(self, stage: str, msg: str, inputs: dict[str, Any] | None = None,
+             outputs: dict[str, Any] | None = None) -> None:
+        """Count a finished stage; with ``inputs``, record it so a resumed run can skip it."""
+        self.summary["stages"].append(stage)
+        if inputs is not None:
+            self.record.complete(stage, inputs, outputs or {})
+            runs.save(self.storage_path, self.record)
+        self.say(f"[{stage}] {msg} ({time.monotonic() - self.start:.1f}s)")
 
 
 def smoke_config(cfg: WorkspaceConfig) -> WorkspaceConfig:
@@ -74,10 +115,14 @@ def run(cfg: WorkspaceConfig, opts: PipelineOptions | None = None, progress: Pro
     job = check_job_storage(cfg)
     if job is not None:
         summary["job"] = job_summary(job, cfg)
-
-    def done(stage: str, msg: str) -> None:
-        summary["stages"].append(stage)
-        say(f"[{stage}] {msg} ({time.monotonic() - start:.1f}s)")
+    # The run's id names its Train run, its sweep and its record; --resume continues the recorded run.
+    record, resumed = runs.open_run(cfg.train.storage_path, run_id=opts.run_id, resume=opts.resume,
+                                    submission_id=job.submission_id if job is not None else None)
+    state = _RunState(record, resumed, cfg.train.storage_path, summary, say, start)
+    summary["skipped"] = []
+    summary["run"] = {"id": record.run_id, "resumed": resumed, "attempt": record.attempts,
+                      "record": runs.record_uri(cfg.train.storage_path, record.run_id)}
+    done = state.done
 
     if os.environ.get("RAY_ADDRESS"):
         # On a cluster, refuse node-local storage before writing anything (the ingest included).
@@ -86,11 +131,21 @@ def run(cfg: WorkspaceConfig, opts: PipelineOptions | None = None, progress: Pro
         ensure_ray()
         check_shared(storage_settings(cfg, serving=_stage_enabled("promote", opts)))
 
+    runs.save(cfg.train.storage_path, record)
+    say(f"[run] {'resuming' if resumed else 'run'} {record.run_id} (attempt {record.attempts}); if it is interrupted, "
+        f"`rayspace run --resume {record.run_id}` with the same settings finishes it")
+    if resumed:
+        cfg = _pin_recorded_snapshot(cfg, record, say)
+
     if not opts.skip_ingest:
-        m = lake.ingest(cfg.data.lake, cfg.data.source)
-        done("ingest", f"{m.row_count} rows from {m.origin} -> {cfg.data.lake} ({m.content_hash[:19]})")
+        ingest_inputs = {"lake": cfg.data.lake, "source": cfg.data.source}
+        # Skipped only while the lake still keeps the snapshot the interrupted run read (pinned above).
+        if (state.reuse("ingest", ingest_inputs) if cfg.data.snapshot is not None else None) is None:
+            m = lake.ingest(cfg.data.lake, cfg.data.source)
+            done("ingest", f"{m.row_count} rows from {m.origin} -> {cfg.data.lake} ({m.content_hash[:19]})",
+                 ingest_inputs, {"snapshot": m.snapshot, "content_hash": m.content_hash})
         if opts.until == "ingest":
-            return _finish(summary, start)
+            return _finish(summary, start, state)
 
     if _stage_enabled("serve", opts) and not os.environ.get("RAY_ADDRESS"):
         from serve.runner import prepare_local_ray
@@ -110,37 +165,68 @@ def run(cfg: WorkspaceConfig, opts: PipelineOptions | None = None, progress: Pro
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"snapshot": processed.snapshot})})
     summary["split_counts"] = processed.counts
     summary["data_fingerprint"] = processed.fingerprint
-    done("process", f"splits {processed.counts}, standardization fitted on train only")
+    # Processing is always run: its datasets live in Ray's object store and die with the driver.
+    done("process", f"splits {processed.counts}, standardization fitted on train only", {"lake": cfg.data.lake},
+         {"snapshot": processed.snapshot, "fingerprint": processed.fingerprint, "counts": processed.counts})
     if opts.until == "process":
-        return _finish(summary, start)
+        return _finish(summary, start, state)
 
-    from workloads.train import train
+    from workloads.train import TrainResult, train
 
-    result = train(cfg, processed=processed)
+    train_inputs = {"data_fingerprint": processed.fingerprint, "train": cfg.train.model_dump(mode="json")}
+    recorded = state.reuse("train", train_inputs, lambda out: [out.get("checkpoint")])
+    if recorded is not None:
+        result = TrainResult(**recorded)
+    else:
+        # Named after the run (and its inputs): a resumed run's Train V2 continues from the latest checkpoint.
+        result = train(cfg, processed=processed, run_name=runs.engine_run_name(cfg.train.name, record.run_id, train_inputs))
     summary["checkpoint"] = result.checkpoint
     summary["train_metrics"] = result.metrics
     summary["num_workers"] = result.num_workers
     summary["train_attempt"] = result.attempt  # where each rank ran, and the epoch a restart resumed from
-    done(
-        "train",
-        f"{len(result.history)} epochs on {result.num_workers} workers, best val ROC AUC "
-        f"{result.metrics.get('val_roc_auc', float('nan')):.4f} -> {result.checkpoint}",
-    )
+    if recorded is None:
+        done(
+            "train",
+            f"{len(result.history)} epochs on {result.num_workers} workers, best val ROC AUC "
+            f"{result.metrics.get('val_roc_auc', float('nan')):.4f} -> {result.checkpoint}"
+            + (f" (resumed after epoch {result.attempt['resumed_from_epoch']})"
+               if result.attempt.get("resumed_from_epoch") else ""),
+            train_inputs, result.to_dict(),
+        )
     if opts.until == "train":
-        return _finish(summary, start)
+        return _finish(summary, start, state)
 
     from workloads.evaluate import evaluate
 
-    report = evaluate(cfg, result.checkpoint)
+    eval_inputs = {"checkpoint": result.checkpoint, "data_fingerprint": processed.fingerprint}
+    report = state.reuse("evaluate", eval_inputs, lambda out: [out.get("report_json"), out.get("report_png")])
+    if report is None:
+        report = evaluate(cfg, result.checkpoint)
+        done("evaluate", f"test accuracy {report['test_accuracy']:.4f}, ROC AUC {report['test_roc_auc']:.4f} -> {report['report_png']}",
+             eval_inputs, report)
     summary.update({k: report[k] for k in ("test_accuracy", "test_roc_auc", "test_precision", "test_recall")})
     summary["confusion_matrix"] = report["confusion_matrix"]
     summary["report"] = report["report_json"]
-    done("evaluate", f"test accuracy {report['test_accuracy']:.4f}, ROC AUC {report['test_roc_auc']:.4f} -> {report['report_png']}")
     if opts.until == "evaluate":
-        return _finish(summary, start)
+        return _finish(summary, start, state)
 
-    _serve_stages(cfg, opts, processed, result, report, summary, done, say)
-    return _finish(summary, start)
+    _serve_stages(cfg, opts, processed, result, report, summary, done, say, state)
+    return _finish(summary, start, state)
+
+
+def _pin_recorded_snapshot(cfg: WorkspaceConfig, record: runs.RunRecord, say: Progress) -> WorkspaceConfig:
+    """A resumed run reads the lake snapshot the interrupted run read, while the lake still keeps it."""
+    from workloads import lake
+
+    snap = record.outputs("process").get("snapshot") or record.outputs("ingest").get("snapshot")
+    if not snap or cfg.data.snapshot is not None:
+        return cfg
+    try:
+        lake.resolve(cfg.data.lake, int(snap))
+    except LakeNotFoundError as e:
+        say(f"[run] the recorded lake snapshot {snap} is gone ({e}); reading the current one")
+        return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"snapshot": int(snap)})})
 
 
 def storage_settings(cfg: WorkspaceConfig, *, serving: bool = True) -> dict[str, str]:
@@ -173,61 +259,68 @@ def _probe_instance(cfg: WorkspaceConfig) -> tuple[str, dict[str, float], int]:
     raise DataError("no complete test-split patient in the lake to send as a probe prediction")
 
 
-def _serve_stages(cfg, opts, processed, result, report, summary, done, say) -> None:
+def _serve_stages(cfg, opts, processed, result, report, summary, done, say, state: _RunState) -> None:
     """tune -> promote -> serve -> one real prediction over HTTP."""
     from workloads.evaluate import evaluate
-    from workloads.registry import promote
 
     candidate, candidate_report = result.checkpoint, report
     candidate_val = result.metrics.get(cfg.tune.metric)
     trial_config: dict[str, Any] | None = None
     card_extra: dict[str, Any] = {"train_run": result.run_name}
     if not opts.skip_tune:
-        from tune.sweep import run_sweep
-
-        sweep = run_sweep(cfg, processed=processed)
-        best = sweep.best
-        summary["best_trial"] = best.trial_id
-        summary["sweep"] = {
-            "path": sweep.path, "trials": len(sweep.trials), "failed": len(sweep.failed),
-            "stopped_early": sum(t.stopped_early for t in sweep.trials), "best_metric": best.best_metric,
-            "table": sweep.files.get("csv"),
-        }
-        done(
-            "tune",
-            f"{len(sweep.trials)} trials ({summary['sweep']['stopped_early']} stopped early, {len(sweep.failed)} failed), "
-            f"best {best.trial_id} {cfg.tune.metric}={best.best_metric:.4f}",
-        )
-        # Select on validation data only; the test split stays untouched until the gate.
-        better = candidate_val is None or (
-            best.best_metric > candidate_val if cfg.tune.mode == "max" else best.best_metric < candidate_val
-        )
-        if better:
-            candidate = best.best_checkpoint
-            candidate_report = evaluate(cfg, candidate)
-            trial_config = best.config
-            card_extra = {"tune_trial": best.trial_id, "sweep": sweep.path}
+        sweep_inputs = {"data_fingerprint": processed.fingerprint, "tune": cfg.tune.model_dump(mode="json"),
+                        "train": cfg.train.model_dump(mode="json")}
+        tune_inputs = {**sweep_inputs, "baseline": result.checkpoint}
+        recorded = state.reuse("tune", tune_inputs, lambda out: [(out.get("sweep") or {}).get("table"), out.get("candidate")])
+        if recorded is not None:
+            summary["best_trial"], summary["sweep"] = recorded["best_trial"], recorded["sweep"]
+            candidate, candidate_report = recorded["candidate"], recorded["candidate_report"]
+            trial_config, card_extra = recorded["trial_config"], recorded["card_extra"]
         else:
-            say(f"[tune] the baseline run's {cfg.tune.metric}={candidate_val:.4f} beats the sweep; promoting it")
+            from tune.sweep import run_sweep
+
+            # Named after the run: a resumed run restores its interrupted sweep (Tuner.restore).
+            sweep = run_sweep(cfg, processed=processed,
+                              name=runs.engine_run_name(cfg.tune.name, state.record.run_id, sweep_inputs))
+            best = sweep.best
+            summary["best_trial"] = best.trial_id
+            summary["sweep"] = {
+                "path": sweep.path, "trials": len(sweep.trials), "failed": len(sweep.failed),
+                "stopped_early": sum(t.stopped_early for t in sweep.trials), "best_metric": best.best_metric,
+                "table": sweep.files.get("csv"), "restored": sweep.restored,
+            }
+            # Select on validation data only; the test split stays untouched until the gate.
+            better = candidate_val is None or (
+                best.best_metric > candidate_val if cfg.tune.mode == "max" else best.best_metric < candidate_val
+            )
+            if better:
+                candidate = best.best_checkpoint
+                candidate_report = evaluate(cfg, candidate)
+                trial_config = best.config
+                card_extra = {"tune_trial": best.trial_id, "sweep": sweep.path}
+            else:
+                say(f"[tune] the baseline run's {cfg.tune.metric}={candidate_val:.4f} beats the sweep; promoting it")
+            done(
+                "tune",
+                f"{len(sweep.trials)} trials ({summary['sweep']['stopped_early']} stopped early, {len(sweep.failed)} failed"
+                + (", restored after an interruption" if sweep.restored else "")
+                + f"), best {best.trial_id} {cfg.tune.metric}={best.best_metric:.4f}",
+                tune_inputs,
+                {"best_trial": best.trial_id, "sweep": summary["sweep"], "candidate": candidate,
+                 "candidate_report": candidate_report, "trial_config": trial_config, "card_extra": card_extra},
+            )
         summary["selected_checkpoint"] = candidate
         summary["test_accuracy"] = candidate_report["test_accuracy"]
         summary["test_roc_auc"] = candidate_report["test_roc_auc"]
         if opts.until == "tune":
             return
 
-    test_metrics = {k: v for k, v in candidate_report.items() if k.startswith("test_") or k == "confusion_matrix"}
-    promoted = promote(cfg.registry, candidate, test_metrics, trial_config=trial_config, extra_card=card_extra)
-    summary["promotion"] = {
-        "version": promoted.version, "promoted": promoted.promoted, "current": promoted.current,
-        "previous": promoted.previous, "gate": promoted.gate.reason,
-    }
-    summary["model_version"] = promoted.current
-    done(
-        "promote",
-        f"{promoted.name} {promoted.version} "
-        + ("is now current" if promoted.promoted else f"kept {promoted.current} current")
-        + f" ({promoted.gate.reason})",
-    )
+    promote_inputs = {"candidate": candidate, "registry": cfg.registry.path, "model_name": cfg.registry.model_name}
+    recorded = state.reuse("promote", promote_inputs, lambda out: [_card_uri(cfg, (out.get("promotion") or {}).get("version"))])
+    if recorded is not None:
+        summary["promotion"], summary["model_version"] = recorded["promotion"], recorded["model_version"]
+    else:
+        _promote(cfg, candidate, candidate_report, trial_config, card_extra, summary, done, promote_inputs)
     if opts.until == "promote":
         return
 
@@ -243,8 +336,41 @@ def _serve_stages(cfg, opts, processed, result, report, summary, done, say) -> N
     done("serve", f"{summary['endpoint']} answered for {pid}: {pred} (true label {label})")
 
 
-def _finish(summary: dict[str, Any], start: float) -> dict[str, Any]:
+def _card_uri(cfg: WorkspaceConfig, version: str | None) -> str | None:
+    """Where the registry keeps a version's model card (``None`` without a version)."""
+    if not version:
+        return None
+    return storage_location.join(cfg.registry.path, cfg.registry.model_name, version, "model_card.json")
+
+
+def _promote(cfg, candidate, candidate_report, trial_config, card_extra, summary, done, promote_inputs) -> None:
+    """The promote stage: register the candidate and let the gate decide whether it becomes current."""
+    from workloads.registry import promote
+
+    test_metrics = {k: v for k, v in candidate_report.items() if k.startswith("test_") or k == "confusion_matrix"}
+    from workloads.evaluate import make_comparer
+
+    promoted = promote(cfg.registry, candidate, test_metrics, trial_config=trial_config, extra_card=card_extra,
+                       compare=make_comparer(cfg, candidate))
+    summary["promotion"] = {
+        "version": promoted.version, "promoted": promoted.promoted, "current": promoted.current,
+        "previous": promoted.previous, "gate": promoted.gate.reason,
+    }
+    summary["model_version"] = promoted.current
+    done(
+        "promote",
+        f"{promoted.name} {promoted.version} "
+        + ("is now current" if promoted.promoted else f"kept {promoted.current} current")
+        + f" ({promoted.gate.reason})",
+        promote_inputs, {"promotion": summary["promotion"], "model_version": summary["model_version"]},
+    )
+
+
+def _finish(summary: dict[str, Any], start: float, state: _RunState) -> dict[str, Any]:
     summary["elapsed_s"] = round(time.monotonic() - start, 2)
+    # The stages asked for are done: the record says so (a later --resume skips what it can and serves again).
+    state.record.status = "finished"
+    runs.save(state.storage_path, state.record)
     if "job" in summary:
         # The job's logs go with the cluster; this record stays beside the results it describes.
         summary["job"]["record"] = write_job_record(summary, summary["job"]["storage"]["train.storage_path"])
@@ -262,6 +388,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-tune", action="store_true", help="promote the trained checkpoint without a sweep")
     parser.add_argument("--keep-serving", action="store_true",
                         help="after the run, keep serving until Ctrl-C or SIGTERM (then exit 0; a second one forces the stop)")
+    parser.add_argument("--run-id", help="this run's id: names its Train run, its sweep and its record "
+                        "<train.storage_path>/runs/<id>.json (default: the Ray job's submission id, else a fresh one)")
+    parser.add_argument("--resume", metavar="RUN_ID",
+                        help="finish an interrupted run (give the same settings): stages it finished are skipped, "
+                        "its training continues from its latest checkpoint and its sweep is restored")
     parser.add_argument("--lake", help="shorthand for --set data.lake=URI")
     parser.add_argument("--storage", help="shorthand for --set train.storage_path=URI and tune.storage_path=URI")
     parser.add_argument("--registry", help="shorthand for --set registry.path=URI")
@@ -271,7 +402,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> PipelineOptions:
     return PipelineOptions(
         smoke=args.smoke, until=args.until, skip_ingest=args.skip_ingest, skip_tune=args.skip_tune,
-        keep_serving=args.keep_serving,
+        keep_serving=args.keep_serving, run_id=args.run_id, resume=args.resume,
     )
 
 
@@ -307,7 +438,9 @@ def cli_run(args: argparse.Namespace) -> int:
     human = [
         "",
         "== rayspace run: summary ==",
-        f"elapsed: {summary['elapsed_s']}s   stages: {' -> '.join(summary['stages'])}",
+        f"elapsed: {summary['elapsed_s']}s   stages: {' -> '.join(summary['stages'])}"
+        + (f"   skipped (finished before): {', '.join(summary['skipped'])}" if summary.get("skipped") else ""),
+        f"run: {summary['run']['id']} (attempt {summary['run']['attempt']}), record {summary['run']['record']}",
     ]
     for key in ("test_accuracy", "test_roc_auc", "test_precision", "test_recall"):
         if key in summary:

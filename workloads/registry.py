@@ -638,6 +638,7 @@ def promote(
     force: bool = False,
     registry: ModelRegistry | None = None,
     extra_card: Mapping[str, Any] | None = None,
+    compare: Callable[[Path], Mapping[str, Any]] | None = None,
 ) -> PromotionResult:
     """Promote a checkpoint: write it as a new immutable version, then gate the ``current`` switch.
 
@@ -652,6 +653,10 @@ def promote(
         force: Make it current whatever the gate says.
         registry: Registry to write (default: one at ``registry_cfg.path``).
         extra_card: More model-card fields (e.g. ``{"tune_trial": "..."}``).
+        compare: Re-scores a current version's directory against the candidate on the same test
+            rows (``workloads.evaluate.make_comparer``); the gate then compares those numbers, not
+            the old card's (which may come from another test set), and the difference with its
+            bootstrap interval goes on the card. Without it the old card's number is used.
 
     Returns:
         What was written and whether it became current.
@@ -668,13 +673,10 @@ def promote(
         # The canonical location, with its scheme (never the temp dir a remote one was fetched into).
         card["source_checkpoint"] = storage.canonical(checkpoint)
         previous = reg.current(name)
-        current_card = reg.card(name, previous) if previous else None
-        decision = gate(
-            test_metrics, current_card,
-            metric=registry_cfg.gate_metric, mode=registry_cfg.gate_mode,
-            tolerance=registry_cfg.gate_tolerance, force=force, current_version=previous,
-        )
+        decision, comparison = _gate_against(reg, registry_cfg, test_metrics, previous, force, compare)
         card["gate"] = asdict(decision)
+        if comparison is not None:
+            card["comparison"] = dict(comparison)
         mv = reg.add_version(name, src, card)
     now_current: str | None = previous
     if decision.passed:
@@ -683,7 +685,8 @@ def promote(
             reg.verify_servable(name, mv.version)
         except RegistryError as e:
             raise RegistryError(f"{e}; it was written but current stays {previous or 'unset'}") from e
-        decision, now_current = _switch_current(reg, registry_cfg, mv.version, test_metrics, decision, previous, force)
+        decision, now_current = _switch_current(reg, registry_cfg, mv.version, test_metrics, decision, previous, force,
+                                                compare)
     if not decision.passed:
         logger.warning("%s %s not promoted: %s", name, mv.version, decision.reason)
     return PromotionResult(
@@ -692,9 +695,34 @@ def promote(
     )
 
 
+def _gate_against(
+    reg: ModelRegistry, registry_cfg: Any, test_metrics: Mapping[str, Any], current: str | None, force: bool,
+    compare: Callable[[Path], Mapping[str, Any]] | None,
+) -> tuple[GateDecision, Mapping[str, Any] | None]:
+    """Gate the candidate against ``current``: re-scored on the same rows when ``compare`` is given."""
+    name, metric = registry_cfg.model_name, registry_cfg.gate_metric
+    current_card = reg.card(name, current) if current else None
+    comparison = None
+    new_metrics: Mapping[str, Any] = test_metrics
+    if current and compare is not None:
+        comparison = compare(reg.local_path(name, current))
+        current_card = {**(current_card or {}), "test_metrics": {metric: comparison["current"]}}
+        new_metrics = {**test_metrics, metric: comparison["new"]}
+    decision = gate(new_metrics, current_card, metric=metric, mode=registry_cfg.gate_mode,
+                    tolerance=registry_cfg.gate_tolerance, force=force, current_version=current)
+    if comparison is not None:
+        lo, hi = comparison["ci95"]
+        decision = replace(decision, reason=(
+            f"{decision.reason}; re-scored on the same {comparison['rows']} test rows: {metric} "
+            f"{comparison['new']:.4f} vs {comparison['current']:.4f}, difference {comparison['delta']:+.4f} "
+            f"(95% bootstrap interval {lo:+.4f} to {hi:+.4f})"))
+    return decision, comparison
+
+
 def _switch_current(
     reg: ModelRegistry, registry_cfg: Any, version: str, test_metrics: Mapping[str, Any],
     decision: GateDecision, expected: str | None, force: bool,
+    compare: Callable[[Path], Mapping[str, Any]] | None = None,
 ) -> tuple[GateDecision, str | None]:
     """Compare-and-swap ``current`` from the version the gate compared against.
 
@@ -709,11 +737,7 @@ def _switch_current(
             return decision, version
         except CurrentChangedError as e:
             expected = e.actual
-            winner_card = reg.card(name, expected) if expected else None
-            decision = gate(
-                test_metrics, winner_card, metric=registry_cfg.gate_metric, mode=registry_cfg.gate_mode,
-                tolerance=registry_cfg.gate_tolerance, force=force, current_version=expected,
-            )
+            decision, _ = _gate_against(reg, registry_cfg, test_metrics, expected, force, compare)
             logger.info("%s: current moved to %s during the promotion of %s; gated again", name, expected, version)
             if not decision.passed:
                 reason = f"{expected} became current while {version} was being promoted, and {decision.reason}"

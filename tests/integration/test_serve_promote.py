@@ -31,21 +31,33 @@ def test_promote_evaluates_gates_and_lists(ray_local, tmp_path, capsys):
     assert 0.0 <= card["test_metrics"]["test_roc_auc"] <= 1.0
     assert card["gate"]["metric"] == "test_roc_auc"
 
-    # A second promotion that claims a worse metric is written but kept out of current (exit 3).
+    # A second, evaluated promotion re-scores v1 on the same test rows instead of trusting v1's card.
+    better = make_checkpoint(tmp_path / "better", seed=1, fit_steps=60)
+    assert main(["promote", str(better), *common]) in (0, EXIT_REJECTED)
+    rescored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    comparison = ModelRegistry(tmp_path / "models").card("wdbc", rescored["version"])["comparison"]
+    assert comparison["rows"] == card["test_metrics"]["test_rows"] and comparison["metric"] == "test_roc_auc"
+    assert comparison["current"] == pytest.approx(card["test_metrics"]["test_roc_auc"], abs=1e-6)
+    lo, hi = comparison["ci95"]
+    assert lo <= comparison["delta"] <= hi and "95% bootstrap interval" in rescored["gate"]["reason"]
+    assert main(["models", "--set-current", "v1", *common]) == 0
+    capsys.readouterr()
+
+    # A promotion that claims a worse metric is written but kept out of current (exit 3).
     worse = card["test_metrics"]["test_roc_auc"] - 0.1
     code = main(["promote", str(ckpt), "--metrics", json.dumps({"test_roc_auc": worse}), *common])
     assert code == EXIT_REJECTED
     second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert (second["version"], second["promoted"], second["current"]) == ("v2", False, "v1")
+    assert (second["version"], second["promoted"], second["current"]) == ("v3", False, "v1")
 
     assert main(["models", *common]) == 0
     listing = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert listing["current"] == "v1"
-    assert [(v["version"], v["gate"]) for v in listing["versions"]] == [("v1", "passed"), ("v2", "rejected")]
+    assert [(v["version"], v["gate"]) for v in listing["versions"]][::2] == [("v1", "passed"), ("v3", "rejected")]
 
     # Roll back / forward by hand.
-    assert main(["models", "--set-current", "v2", *common]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["current"] == "v2"
+    assert main(["models", "--set-current", "v3", *common]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["current"] == "v3"
 
 
 def test_promote_errors_are_one_line(ray_local, tmp_path, capsys):

@@ -340,3 +340,36 @@ def test_rollback_switches_unconditionally_and_cas_refuses_a_stale_expectation(t
         reg.set_current("wdbc", "v1", expected="v1")
     assert reg.current("wdbc") == "v2"
     assert reg.set_current("wdbc", "v1") == "v2" and reg.current("wdbc") == "v1"
+
+
+def test_paired_bootstrap_on_the_same_rows():
+    import numpy as np
+
+    from workloads.evaluate import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    good = np.clip(y * 0.7 + rng.normal(0.15, 0.2, 200), 0, 1)
+    noise = rng.uniform(0, 1, 200)
+    same = paired_bootstrap(good, good, y, "test_roc_auc", resamples=200)
+    assert same["delta"] == 0 and same["ci95"] == [0.0, 0.0] and same["rows"] == 200
+    better = paired_bootstrap(good, noise, y, "test_roc_auc", resamples=200)
+    assert better["delta"] > 0.2 and 0 < better["ci95"][0] <= better["delta"] <= better["ci95"][1]
+    assert better["new"] > better["current"]
+
+
+def test_gate_uses_the_rescored_current_not_its_card(tmp_path, ckpts):
+    cfg = _cfg(tmp_path)
+    promote(cfg, ckpts[0], {"test_roc_auc": 0.99})  # v1's card claims 0.99 (from another test set, say)
+    seen = []
+
+    def compare(current_dir):
+        seen.append(Path(current_dir).name)
+        return {"metric": "test_roc_auc", "new": 0.91, "current": 0.88, "delta": 0.03, "ci95": [-0.01, 0.07],
+                "rows": 78, "resamples": 1000, "seed": 0}
+
+    res = promote(cfg, ckpts[1], {"test_roc_auc": 0.91}, compare=compare)
+    assert res.promoted and seen == ["v1"]
+    card = ModelRegistry(tmp_path).card("wdbc", res.version)
+    assert card["comparison"]["ci95"] == [-0.01, 0.07] and card["gate"]["current_value"] == 0.88
+    assert "re-scored on the same 78 test rows" in res.gate.reason and "+0.0300" in res.gate.reason
