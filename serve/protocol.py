@@ -14,6 +14,10 @@ feature values in schema order. Response::
 ``probability`` is the probability of the positive class (malignant) and
 ``label`` is 1 when it is at least the threshold (0.5).
 
+Every body the server cannot answer gets a 4xx with ``{"error": "<reason>"}``, never a
+500: see :func:`check_content_type` (415), :func:`check_body_size` (413),
+:func:`parse_instances` (400/413/422) and :func:`check_outputs` (422).
+
 Everything here is plain Python and NumPy with no Serve or FastAPI import, so it
 is unit-tested directly and shared by the Serve replica and the bare uvicorn
 baseline of the benchmark. Parsing is the hot path: the body is decoded once with
@@ -110,9 +114,10 @@ def parse_instances(body: bytes, feature_names: Sequence[str], max_instances: in
         max_instances: Largest number of instances accepted in one request.
 
     Raises:
-        InvalidRequestError: With HTTP status 400 (not JSON / not an object), 413 (too many
-            instances or too large a body) or 422 (wrong features, count, or values), and a
-            message naming the instance and feature at fault.
+        InvalidRequestError: With HTTP status 400 (not UTF-8, not JSON, nested too deeply, not
+            an object), 413 (too many instances or too large a body) or 422 (wrong features,
+            count, or values, including numbers too long to read or too large for a float64),
+            and a message naming the instance and feature at fault.
     """
     if len(body) > max_body_bytes(max_instances):
         raise InvalidRequestError(

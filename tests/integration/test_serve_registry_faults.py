@@ -167,6 +167,18 @@ def test_bad_current_keeps_the_last_good_version_answering(served, ray_local):
         assert time.monotonic() < deadline, (stale, failures, served_version)
         time.sleep(1)
 
+    # A pointer that cannot be read (a storage hiccup, a truncated write) is staleness too, not an error.
+    (root / "current").write_text('{"version": ')
+    deadline = time.monotonic() + 30
+    while "not a valid pointer" not in (httpx.get(f"{url}/v1/models/wdbc", timeout=10).json()["last_error"] or ""):
+        assert time.monotonic() < deadline, "the replica never noticed the unreadable pointer"
+        time.sleep(0.25)
+    for _ in range(20):
+        r = httpx.post(f"{url}/v1/models/wdbc:predict", content=body, timeout=10)
+        assert r.status_code == 200 and r.json()["model_version"] == "v1", r.text
+        health = httpx.get(f"{url}/healthz", timeout=10)
+        assert health.status_code == 200 and health.json()["stale"] is True, health.text
+
     # Fixing the pointer ends the staleness without a restart.
     _write_pointer(root, "v1")
     deadline = time.monotonic() + 30
