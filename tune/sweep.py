@@ -65,6 +65,8 @@ class SweepResult:
     concurrency: int
     elapsed_s: float
     files: dict[str, str] = field(default_factory=dict)
+    #: Whether an interrupted sweep of the same name was restored (``Tuner.restore``) instead of started.
+    restored: bool = False
 
     @property
     def failed(self) -> list[TrialRow]:
@@ -78,6 +80,7 @@ class SweepResult:
             "mode": self.mode,
             "concurrency": self.concurrency,
             "elapsed_s": round(self.elapsed_s, 2),
+            "restored": self.restored,
             "best_trial": asdict(self.best) if self.best else None,
             "trials": [asdict(t) for t in self.trials],
             "files": self.files,
@@ -242,11 +245,20 @@ def _write_table(path: str, result: SweepResult) -> dict[str, str]:
     }
 
 
-def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None) -> SweepResult:
+def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None, name: str | None = None) -> SweepResult:
     """Run the sweep described by ``cfg.tune`` over ``cfg.train``; Ray must be initialized.
 
     Failed trials are reported in the result, not raised; only a sweep in which no
     trial produced a checkpoint raises.
+
+    Args:
+        cfg: The workspace config (``tune`` and ``train`` sections).
+        processed: Already processed datasets; else the lake is processed here.
+        name: The sweep's name under ``tune.storage_path`` (default: a new unique one). When a sweep
+            of that name was interrupted, it is restored (``Tuner.restore``) rather than started again:
+            finished trials are kept, unfinished ones run again, and each one's ``TorchTrainer`` (named
+            after its trial) continues from its latest checkpoint (Ray Train V2 resumes a run of the same
+            name). Trials that failed stay failed.
 
     Raises:
         ConfigError: No trial fits the cluster, or a sampled value breaks a train rule.
@@ -270,7 +282,7 @@ def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None) -> 
     concurrency = plan_concurrency(tc, cfg.train.cpus_per_worker, cluster_cpus)
     processed = processed or process(cfg.data)
     storage = storage_location.canonical(tc.storage_path)
-    name = new_run_name(tc.name)
+    name = name or new_run_name(tc.name)
     max_t = _max_epochs(cfg)
     if tc.scheduler == "asha":
         scheduler = ASHAScheduler(
@@ -286,17 +298,15 @@ def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None) -> 
         ),
         _driver_resources(tc),
     )
-    tuner = tune.Tuner(
-        trainable,
-        param_space=search_space(tc),
-        tune_config=tune.TuneConfig(
-            metric=tc.metric, mode=tc.mode, num_samples=tc.num_samples, scheduler=scheduler,
-            search_alg=searcher(tc), max_concurrent_trials=concurrency, time_budget_s=tc.time_budget_s,
-        ),
-        run_config=tune.RunConfig(
-            name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=0), verbose=0,
-        ),
-    )
+    path = storage_location.join(storage, name)
+    restored = tune.Tuner.can_restore(path)
+    if restored:
+        # Tune keeps the searcher's state and every trial's status in the experiment directory: the same
+        # samples are kept, finished trials are not run again.
+        logger.info("sweep %s: restoring the interrupted sweep at %s", name, path)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = _new_tuner(tc, trainable, scheduler, concurrency, name, storage)
     logger.info("sweep %s: %d samples, %d at a time, scheduler %s", name, tc.num_samples, concurrency, tc.scheduler)
     grid = tuner.fit()
     rows = [_row(r, tc.metric, tc.mode, cfg.train.epochs, storage) for r in grid]
@@ -308,11 +318,27 @@ def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None) -> 
         raise TuneError(f"sweep {name}: no trial finished with a checkpoint ({errors})")
     best = (max if tc.mode == "max" else min)(scored, key=lambda r: r.best_metric)
     result = SweepResult(
-        name=name, path=storage_location.join(storage, name), metric=tc.metric, mode=tc.mode, trials=rows, best=best,
-        concurrency=concurrency, elapsed_s=time.monotonic() - start,
+        name=name, path=path, metric=tc.metric, mode=tc.mode, trials=rows, best=best,
+        concurrency=concurrency, elapsed_s=time.monotonic() - start, restored=restored,
     )
     result.files = _write_table(result.path, result)
     return result
+
+
+def _new_tuner(tc: TuneConfig, trainable: Any, scheduler: Any, concurrency: int, name: str, storage: str):
+    from ray import tune
+
+    return tune.Tuner(
+        trainable,
+        param_space=search_space(tc),
+        tune_config=tune.TuneConfig(
+            metric=tc.metric, mode=tc.mode, num_samples=tc.num_samples, scheduler=scheduler,
+            search_alg=searcher(tc), max_concurrent_trials=concurrency, time_budget_s=tc.time_budget_s,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=0), verbose=0,
+        ),
+    )
 
 
 def _driver_resources(tc: TuneConfig) -> dict[str, float]:

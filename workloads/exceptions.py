@@ -95,6 +95,10 @@ class TuneError(RayspaceError):
     """A Tune sweep failed as a whole (individual failed trials are reported, not raised)."""
 
 
+class RunRecordError(RayspaceError):
+    """A pipeline run's record (``<train.storage_path>/runs/<run-id>.json``) is missing or unreadable."""
+
+
 class RegistryError(RayspaceError):
     """The model registry could not be read or written."""
 

@@ -66,7 +66,7 @@ class _RunState:
             return None
         ok, why = runs.reusable(self.record, stage, inputs, paths(self.record.outputs(stage)))
         if not ok:
-            self.say(f"[{stage}] runs: {why}")
+            self.say(f"[{stage}] not skipped: {why}")
             return None
         self.summary["skipped"].append(stage)
         self.record.skipped.append(stage)
