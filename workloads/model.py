@@ -147,7 +147,8 @@ def save_checkpoint(
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), d / WEIGHTS_FILE)
+    # Host copies: a checkpoint written by a GPU worker loads anywhere (Serve replicas run on CPUs).
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, d / WEIGHTS_FILE)
     (d / PREPROCESSOR_FILE).write_text(json.dumps(standardizer.to_dict(), indent=1))
     resume_sha = {}
     if train_state is not None:

@@ -113,19 +113,29 @@ def resolve_num_workers(train_cfg: TrainConfig) -> int:
     return n
 
 
-def _gather_preds(model, shard, batch_size: int):
+def _gather_preds(model, shard, batch_size: int, device=None):
+    """Predict a whole (unsharded) split on ``device``; probabilities and labels come back as numpy on the host.
+
+    Args:
+        model: The module (already on ``device``).
+        shard: A Ray Data iterator (``iter_torch_batches``).
+        batch_size: Training batch size (validation uses at least 256).
+        device: The device Ray Train gave this worker (``ray.train.torch.get_device()``); batches are
+            placed there, so results must come back with ``.cpu()`` before ``.numpy()``.
+    """
     import torch
 
     probs, labels, losses, n = [], [], 0.0, 0
     loss_fn = torch.nn.BCEWithLogitsLoss(reduction="sum")
+    kwargs = {"device": device} if device is not None else {}
     with torch.inference_mode():
-        for batch in shard.iter_torch_batches(batch_size=max(batch_size, 256)):
+        for batch in shard.iter_torch_batches(batch_size=max(batch_size, 256), **kwargs):
             logits = model(batch["x"]).reshape(-1)
             y = batch["y"].reshape(-1)
             losses += float(loss_fn(logits, y))
             n += len(y)
-            probs.append(torch.sigmoid(logits).numpy())
-            labels.append(y.numpy())
+            probs.append(torch.sigmoid(logits).detach().cpu().numpy())
+            labels.append(y.detach().cpu().numpy())
     if n == 0:
         return np.array([]), np.array([]), float("nan")
     return np.concatenate(probs), np.concatenate(labels), losses / n
@@ -186,6 +196,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             start_epoch = int(meta["epoch"]) + 1
         logger.info("rank %d resumed from epoch %d", rank, start_epoch - 1)
 
+    # The device Ray Train assigned (a GPU with train.use_gpu, else the CPU); batches and reductions use it.
+    device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc["lr"], weight_decay=tc["weight_decay"])
     if optimizer_state is not None:
@@ -210,7 +222,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.train()
         total, count = 0.0, 0
         for batch in train_shard.iter_torch_batches(
-            batch_size=int(tc["batch_size"]), local_shuffle_buffer_size=2048, local_shuffle_seed=int(tc["seed"]) + epoch
+            batch_size=int(tc["batch_size"]), local_shuffle_buffer_size=2048, local_shuffle_seed=int(tc["seed"]) + epoch,
+            device=device,
         ):
             x, y = batch["x"], batch["y"].reshape(-1, 1)
             optimizer.zero_grad()
@@ -219,15 +232,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             optimizer.step()
             total += float(loss.detach()) * len(y)
             count += len(y)
-        sums = torch.tensor([total, float(count)], dtype=torch.float64)
+        # On the worker's device: NCCL (GPU training) only all-reduces CUDA tensors.
+        sums = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
         if world > 1 and dist.is_initialized():
             dist.all_reduce(sums)
-        metrics: dict[str, float] = {"epoch": epoch, "train_loss": float(sums[0] / max(sums[1], 1.0))}
+        metrics: dict[str, float] = {"epoch": epoch, "train_loss": float(sums[0].item() / max(sums[1].item(), 1.0))}
 
         if rank == 0:
             # Validation is not sharded: rank 0 scores the whole split so AUC is exact.
             model.eval()
-            probs, labels, val_loss = _gather_preds(bare, val_shard, int(tc["batch_size"]))
+            probs, labels, val_loss = _gather_preds(bare, val_shard, int(tc["batch_size"]), device)
             metrics["val_loss"] = val_loss
             metrics.update(classification_metrics(probs, labels, "val"))
             history.append(dict(metrics))

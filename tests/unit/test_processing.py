@@ -110,3 +110,27 @@ def test_open_snapshot_resolves_once_pins_and_leases(tmp_path):
     finally:
         lake.release_held()
     assert lake.gc(root, keep=1, lease_ttl_hours=24).removed == [first.snapshot]
+
+
+def test_validation_uses_the_workers_device_and_returns_host_arrays():
+    """The device path of GPU training, exercised on the CPU with an explicit device."""
+    import numpy as np
+    import torch
+
+    from workloads.train import _gather_preds
+
+    class Shard:
+        def __init__(self):
+            self.kwargs = []
+
+        def iter_torch_batches(self, **kwargs):
+            self.kwargs.append(kwargs)
+            device = kwargs.get("device") or torch.device("cpu")
+            yield {"x": torch.ones(4, 3, device=device), "y": torch.tensor([0.0, 1.0, 0.0, 1.0], device=device)}
+
+    shard = Shard()
+    model = torch.nn.Linear(3, 1)
+    probs, labels, loss = _gather_preds(model, shard, 32, torch.device("cpu"))
+    assert shard.kwargs[0]["device"] == torch.device("cpu")
+    assert isinstance(probs, np.ndarray) and probs.shape == (4,) and list(labels) == [0, 1, 0, 1]
+    assert np.isfinite(loss)
