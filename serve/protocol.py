@@ -95,6 +95,11 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _short(text: str) -> str:
+    """A client-supplied name as it appears in an error: at most 40 characters."""
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _check_values(values: Sequence[Any], where: str, names: Sequence[str] | None) -> None:
     """Raise naming the first non-numeric or non-finite value (only called on the slow path)."""
     for j, v in enumerate(values):
@@ -145,7 +150,7 @@ def parse_instances(body: bytes, feature_names: Sequence[str], max_instances: in
             f'request body is a JSON {type(payload).__name__}: must be an object {{"instances": [...]}}', 400
         )
     if "instances" not in payload:
-        extra = f" (got keys {sorted(payload)[:5]})" if payload else ""
+        extra = f" (got keys {[_short(k) for k in sorted(payload)[:5]]})" if payload else ""
         hint = ' ("inputs" is the V2 protocol; this server speaks V1)' if "inputs" in payload else ""
         raise InvalidRequestError(f'request body has no "instances"{extra}{hint}', 422)
     instances = payload["instances"]
@@ -171,7 +176,7 @@ def parse_instances(body: bytes, feature_names: Sequence[str], max_instances: in
         elif type(inst) is dict:
             if len(inst) != n_features or any(k not in inst for k in feature_names):
                 missing = [k for k in feature_names if k not in inst]
-                unknown = sorted(k for k in inst if k not in set(feature_names))
+                unknown = [_short(k) for k in sorted(k for k in inst if k not in set(feature_names))]
                 parts = []
                 if missing:
                     parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")

@@ -92,6 +92,16 @@ def _scrape(ray) -> str:
     return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
 
 
+def _logged(logs: Path, line: str) -> bool:
+    for f in logs.rglob("*"):
+        try:
+            if f.is_file() and line in f.read_text(errors="replace"):
+                return True
+        except OSError:  # a log rotated away while we read
+            continue
+    return False
+
+
 def _metric(text: str, name: str) -> list[float]:
     """Values of every sample of a metric whose name ends with ``name`` (Ray may prefix it)."""
     pattern = re.compile(rf"^\w*{name}(?:_total)?\{{[^}}]*\}} ([0-9.e+-]+)$", re.M)
@@ -155,6 +165,13 @@ def test_bad_current_keeps_the_last_good_version_answering(served, ray_local):
     assert killed not in [a["name"] for a in ray_local.util.list_named_actors(all_namespaces=True)]
     r = httpx.post(f"{url}/v1/models/wdbc:predict", content=body, timeout=10)
     assert r.status_code == 200 and r.json()["model_version"] == "v1", r.text
+
+    # The new replica said so in its log (Ray writes replica output under the session's logs).
+    logs = Path(ray_local._private.worker.global_worker.node.get_logs_dir_path())
+    deadline = time.monotonic() + 30
+    while not _logged(logs, "serving fallback version v1 because v2: CheckpointError"):
+        assert time.monotonic() < deadline, f"no fallback line under {logs}"
+        time.sleep(1)
 
     # Staleness and failed loads are Ray metrics too (the metrics agent exports them within seconds).
     deadline = time.monotonic() + 60

@@ -73,6 +73,13 @@ def test_wrong_feature_count_and_names():
     obj2 = dict(zip(NAMES, _row()))
     obj2["extra"] = 1.0
     _error(_body({"instances": [obj2]}), 422, r"unknown \['extra'\]")
+    # A client's names are echoed shortened, so a 50 KB key never comes back whole.
+    with pytest.raises(InvalidRequestError) as info:
+        parse_instances(_body({"instances": [{"k" * 50_000: 1.0}]}), NAMES, 16)
+    assert len(str(info.value)) < 500 and "kkk..." in str(info.value)
+    with pytest.raises(InvalidRequestError) as info:
+        parse_instances(_body({"x" * 50_000: 1}), NAMES, 16)
+    assert len(str(info.value)) < 200 and 'has no "instances"' in str(info.value)
 
 
 def test_non_numeric_values_name_the_place():
