@@ -7,6 +7,7 @@ loopback listeners, no dashboard) and on a KubeRay cluster (the driver of a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -18,19 +19,34 @@ logger = logging.getLogger(__name__)
 _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def keep_local_ray_on_loopback() -> None:
-    """Make a Ray started from this process listen on 127.0.0.1 only.
+@contextlib.contextmanager
+def _loopback_only_while_starting():
+    """Make the Ray started inside this block listen on 127.0.0.1 only, and leave no trace after it.
 
     By default Ray binds every port (GCS, raylet, object manager, workers) to the
     machine's routable address so other nodes can join. An embedded single-machine
-    Ray has no other nodes, so nothing should be reachable from the network.
-    Ray's own switch for that is its single-node (macOS/Windows) mode; the env var
-    reaches the child processes, the constant covers an already-imported Ray.
+    Ray has no other nodes. Ray's switch for that is ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``
+    (its single-node mode): read by the processes Ray starts (they inherit it) and, in
+    this process, by ``ray._private.ray_constants`` at import. ``_node_ip_address="127.0.0.1"``
+    does not do it: measured with Ray 2.60, the GCS still binds ``*`` and advertises the
+    routable address. Both the variable and, if Ray was imported earlier, the constant are
+    restored when the block ends, so a later ``ray.init(address=...)`` in this process (a
+    notebook joining a cluster) resolves its own address normally.
     """
-    os.environ[_LOOPBACK_ENV] = "0"
     import ray._private.ray_constants as ray_constants
 
+    saved_env = os.environ.get(_LOOPBACK_ENV)
+    saved_const = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_LOOPBACK_ENV] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if saved_env is None:
+            os.environ.pop(_LOOPBACK_ENV, None)
+        else:
+            os.environ[_LOOPBACK_ENV] = saved_env
+        ray_constants.ENABLE_RAY_CLUSTER = saved_const
 
 
 def pin_ray_address() -> None:
@@ -91,7 +107,6 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     """
     import ray
 
-    keep_local_ray_on_loopback()
     runtime_env = dict(kwargs.pop("runtime_env", None) or {})
     runtime_env.setdefault("worker_process_setup_hook", "workloads.runtime.pin_ray_address")
     kwargs["runtime_env"] = runtime_env
@@ -99,7 +114,8 @@ def init_local_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     if kwargs["include_dashboard"]:
         kwargs.setdefault("dashboard_host", "127.0.0.1")
         kwargs.setdefault("dashboard_port", free_loopback_port())
-    ray.init(address="local", num_cpus=num_cpus, **kwargs)
+    with _loopback_only_while_starting():
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
 
 
 def ensure_ray(*, address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> dict[str, Any]:
