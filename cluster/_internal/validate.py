@@ -41,8 +41,8 @@ DEFAULT_K8S_VERSIONS = ("1.31", "1.37")
 #: The KubeRay release whose CRDs and webhook rules are checked.
 KUBERAY_VERSION = "v1.7.0"
 CRD_HINT = (
-    "the KubeRay v1.7.0 CRDs are expected in ../shared/kuberay/crds/ (next to the repository) or in "
-    f"${CRDS_ENV}; get them from https://github.com/ray-project/kuberay/tree/v1.7.0/ray-operator/config/crd/bases"
+    "the KubeRay v1.7.0 CRDs ship in cluster/crds/ (or ../shared/kuberay/crds/ next to the repository, or "
+    f"${CRDS_ENV}); get them from https://github.com/ray-project/kuberay/tree/v1.7.0/ray-operator/config/crd/bases"
 )
 
 # KubeRay's webhook: names become Service and pod names with suffixes appended.
@@ -54,10 +54,18 @@ TOKEN_AUTH_MIN_RAY = (2, 52)
 # ------------------------------------------------------------------------------------- schemas
 
 
+#: The KubeRay v1.7.0 CRDs shipped with the package (byte-identical to the release; origin in SOURCE.txt).
+PACKAGED_CRDS = CLUSTER_DIR / "crds"
+
+
 def crd_dir() -> Path:
-    """Directory holding the ``ray.io_*.yaml`` CRDs."""
+    """Directory holding the ``ray.io_*.yaml`` CRDs: ``$RAYSPACE_KUBERAY_CRDS``, else the copies shipped in the package."""
     env = os.environ.get(CRDS_ENV)
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "kuberay" / "crds"
+    if env:
+        return Path(env)
+    if any(PACKAGED_CRDS.glob("ray.io_*.yaml")):
+        return PACKAGED_CRDS
+    return REPO_ROOT.parent / "shared" / "kuberay" / "crds"
 
 
 @functools.lru_cache(maxsize=4)

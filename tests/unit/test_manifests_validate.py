@@ -225,3 +225,17 @@ def test_dockerfile_pins_torch_and_makes_workdir_as_the_user(tmp_path):
     path.write_text(current, encoding="utf-8")
     assert "torch pinned to ['2.13.0'] but the tested (installed) torch is 2.14.1" in \
         dockerfile_findings(path, torch_version="2.14.1")[0].message
+
+
+def test_the_packaged_crds_are_the_kuberay_release_and_are_used_by_default(repo_root, monkeypatch):
+    from cluster._internal import validate
+
+    monkeypatch.delenv(validate.CRDS_ENV, raising=False)
+    assert validate.crd_dir() == validate.PACKAGED_CRDS
+    packaged = sorted(p.name for p in validate.PACKAGED_CRDS.glob("ray.io_*.yaml"))
+    assert packaged == ["ray.io_rayclusters.yaml", "ray.io_raycronjobs.yaml", "ray.io_rayjobs.yaml",
+                        "ray.io_rayservices.yaml"]
+    shared = repo_root.parent / "shared" / "kuberay" / "crds"
+    if shared.is_dir():  # the copies are byte-identical to the release files the project keeps beside it
+        for name in packaged:
+            assert (validate.PACKAGED_CRDS / name).read_bytes() == (shared / name).read_bytes(), name
