@@ -46,13 +46,16 @@ def _tune(args: argparse.Namespace) -> int:
     if not args.json:
         print_table(
             [{"trial": t.trial_id[-14:], "status": t.status, f"best {result.metric}": _fmt(t.best_metric),
-              "epochs": f"{t.epochs_run}/{t.epochs_planned}", "early stop": "yes" if t.stopped_early else "",
+              "epochs": f"{t.epochs_run}/{t.epochs_planned}", "stopped by": t.stopped_by,
               **{k: _fmt(v) for k, v in t.config.items()}} for t in result.trials]
         )
         print(f"\nbest trial: {result.best.trial_id} {result.metric}={result.best.best_metric:.4f}")
         print(f"best checkpoint: {result.best.best_checkpoint}")
+        budget = sum(t.stopped_by_budget for t in result.trials)
         print(f"{len(result.failed)} failed, {sum(t.stopped_early for t in result.trials)} stopped early by "
-              f"{cfg.tune.scheduler.upper()}, {result.concurrency} at a time, {result.elapsed_s:.0f}s")
+              f"{cfg.tune.scheduler.upper()}"
+              + (f", {budget} stopped by the time budget (tune.time_budget_s={cfg.tune.time_budget_s:g}s)" if budget else "")
+              + f", {result.concurrency} at a time, {result.elapsed_s:.0f}s")
         print(f"table: {result.files.get('csv')}  {result.files.get('json')}")
     else:
         emit(args, result.to_dict())

@@ -47,9 +47,17 @@ class TrialRow:
     best_metric: float | None
     epochs_run: int
     epochs_planned: int
+    #: Stopped by the scheduler (ASHA) before its planned epochs.
     stopped_early: bool
     best_checkpoint: str | None
     error: str | None = None
+    #: Stopped (or never started) because the sweep's time budget (``tune.time_budget_s``) ran out.
+    stopped_by_budget: bool = False
+
+    @property
+    def stopped_by(self) -> str:
+        """Who ended the trial short of its planned epochs: ``"asha"``, ``"time budget"`` or ``""``."""
+        return "time budget" if self.stopped_by_budget else "asha" if self.stopped_early else ""
 
 
 @dataclass
@@ -222,6 +230,21 @@ def _row(result: Any, metric: str, mode: str, default_epochs: int, storage: str)
     )
 
 
+def _label_stops(rows: list[TrialRow], asha_stopped: set[str], *, budget_spent: bool) -> None:
+    """Say who cut each trial that ended short of its planned epochs: ASHA, or the time budget.
+
+    Args:
+        rows: The trial rows (``stopped_early`` set for every short trial by :func:`_row`).
+        asha_stopped: Trial ids ASHA stopped (:data:`tune.stops.ASHA_STOPPED`).
+        budget_spent: Whether the sweep's time budget ran out; then every short trial ASHA did
+            not stop was stopped by the budget (Ray stops all running trials and starts no new one).
+    """
+    for row in rows:
+        if not row.stopped_early or row.trial_id in asha_stopped or not budget_spent:
+            continue  # ASHA's decision; or no budget ran out (a restored sweep's earlier ASHA stops)
+        row.stopped_early, row.stopped_by_budget = False, True
+
+
 def _error_summary(error: BaseException) -> str:
     """The root cause of a trial's failure: Ray wraps it, and its traceback ends with the original exception."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -233,10 +256,11 @@ def _write_table(path: str, result: SweepResult) -> dict[str, str]:
     buf = io.StringIO()
     keys = sorted({k for t in result.trials for k in t.config})
     writer = csv.writer(buf)
-    writer.writerow(["trial_id", "status", f"best_{result.metric}", "epochs_run", "epochs_planned", "stopped_early", *keys, "error"])
+    writer.writerow(["trial_id", "status", f"best_{result.metric}", "epochs_run", "epochs_planned", "stopped_early",
+                     "stopped_by", *keys, "error"])
     for t in result.trials:
         writer.writerow([t.trial_id, t.status, t.best_metric, t.epochs_run, t.epochs_planned, t.stopped_early,
-                         *[t.config.get(k) for k in keys], t.error or ""])
+                         t.stopped_by, *[t.config.get(k) for k in keys], t.error or ""])
     return {
         "csv": storage_location.write_bytes(storage_location.join(path, "trials.csv"), buf.getvalue().encode()),
         "json": storage_location.write_bytes(
@@ -266,7 +290,9 @@ def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None, nam
     """
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from tune.stops import ASHA_STOPPED, BUDGET_SPENT, RecordingASHA
 
     from workloads.data import process
     from workloads.train import new_run_name
@@ -285,8 +311,8 @@ def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None, nam
     name = name or new_run_name(tc.name)
     max_t = _max_epochs(cfg)
     if tc.scheduler == "asha":
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration", max_t=max_t,
+        scheduler = RecordingASHA(
+            sweep=name, time_attr="training_iteration", max_t=max_t,
             grace_period=min(tc.grace_period, max_t), reduction_factor=tc.reduction_factor,
         )
     else:
@@ -310,6 +336,9 @@ def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None, nam
     logger.info("sweep %s: %d samples, %d at a time, scheduler %s", name, tc.num_samples, concurrency, tc.scheduler)
     grid = tuner.fit()
     rows = [_row(r, tc.metric, tc.mode, cfg.train.epochs, storage) for r in grid]
+    budget_spent = name in BUDGET_SPENT
+    BUDGET_SPENT.discard(name)
+    _label_stops(rows, ASHA_STOPPED.pop(name, set()), budget_spent=budget_spent)
     # A trial that crashed may have reported a good early epoch; only trials that ran to their end (or were
     # stopped by the scheduler) are candidates.
     scored = [r for r in rows if r.status != "ERROR" and r.best_metric is not None and r.best_checkpoint]
@@ -328,15 +357,19 @@ def run_sweep(cfg: WorkspaceConfig, *, processed: "Processed | None" = None, nam
 def _new_tuner(tc: TuneConfig, trainable: Any, scheduler: Any, concurrency: int, name: str, storage: str):
     from ray import tune
 
+    from tune.stops import BudgetStopper
+
     return tune.Tuner(
         trainable,
         param_space=search_space(tc),
         tune_config=tune.TuneConfig(
             metric=tc.metric, mode=tc.mode, num_samples=tc.num_samples, scheduler=scheduler,
-            search_alg=searcher(tc), max_concurrent_trials=concurrency, time_budget_s=tc.time_budget_s,
+            search_alg=searcher(tc), max_concurrent_trials=concurrency,
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, failure_config=tune.FailureConfig(max_failures=0), verbose=0,
+            # What TuneConfig(time_budget_s=...) builds, recording that it fired (for the trial table).
+            stop=BudgetStopper(tc.time_budget_s, sweep=name) if tc.time_budget_s else None,
         ),
     )
 

@@ -194,7 +194,10 @@ class TuneConfig(_Section):
     trial_driver_cpus: float = Field(
         0.0, ge=0, description="CPUs each trial's driver reserves (it only waits on its TorchTrainer)."
     )
-    time_budget_s: float | None = Field(900, gt=0, description="Stop starting trials after this many seconds.")
+    time_budget_s: float | None = Field(
+        900, gt=0,
+        description="After this many seconds Tune stops every running trial and starts no new one (None: no limit).",
+    )
     metric: str = Field("val_roc_auc", description="Validation metric the scheduler and selection use.")
     mode: Literal["max", "min"] = "max"
     scheduler: Literal["asha", "fifo"] = "asha"
