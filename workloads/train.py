@@ -307,6 +307,35 @@ def new_run_name(prefix: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
+def best_checkpoint(result: Any, metric: str, mode: str) -> Any:
+    """The checkpoint with the best ``metric`` among those kept; the latest one if none has a number.
+
+    A validation split with one class has no ROC AUC (NaN). Ray's ``get_best_checkpoint``
+    ranks NaN like a number (the pick then depends on the order) and raises, instead of
+    returning ``None``, when no checkpoint has the metric, so a fallback after it never ran.
+    Only finite values are ranked here, and the fallback is the run's latest checkpoint.
+
+    Args:
+        result: The ``ray.train.Result`` of a run (``best_checkpoints``: ``(checkpoint, metrics)`` pairs).
+        metric: ``train.checkpoint_metric``.
+        mode: ``train.checkpoint_mode`` (``max`` or ``min``).
+
+    Returns:
+        A ``ray.train.Checkpoint``, or ``None`` if the run kept none.
+    """
+    scored = []
+    for checkpoint, metrics in result.best_checkpoints or []:
+        value = (metrics or {}).get(metric)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+            scored.append((float(value), checkpoint))
+    if scored:
+        pick = max if mode == "max" else min
+        return pick(scored, key=lambda pair: pair[0])[1]
+    if result.checkpoint is not None:
+        logger.warning("no checkpoint has a finite %s (e.g. a validation split with one class): using the latest", metric)
+    return result.checkpoint
+
+
 def train(cfg: WorkspaceConfig, *, processed: "Processed | None" = None, run_name: str | None = None) -> TrainResult:
     """Train the classifier on the lake with Ray Train; Ray must be initialized.
 
@@ -341,7 +370,7 @@ def train(cfg: WorkspaceConfig, *, processed: "Processed | None" = None, run_nam
         raise TrainingError(f"training run {name} failed: {e}") from e
     if result.error is not None:  # fit() normally raises; kept for runs that report errors instead
         raise TrainingError(f"training run {name} failed: {result.error}") from result.error
-    best = result.get_best_checkpoint(cfg.train.checkpoint_metric, cfg.train.checkpoint_mode) or result.checkpoint
+    best = best_checkpoint(result, cfg.train.checkpoint_metric, cfg.train.checkpoint_mode)
     if best is None:
         raise TrainingError(f"training run {name} finished without a checkpoint")
     with best.as_directory() as d:
