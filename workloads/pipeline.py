@@ -115,6 +115,7 @@ def run(cfg: WorkspaceConfig, opts: PipelineOptions | None = None, progress: Pro
     job = check_job_storage(cfg)
     if job is not None:
         summary["job"] = job_summary(job, cfg)
+    if opts.skip_ingest: lake.require(cfg.data.lake, cfg.data.snapshot)  # noqa: E701 - no lake: one line, before Ray starts
     # The run's id names its Train run, its sweep and its record; --resume continues the recorded run.
     record, resumed = runs.open_run(cfg.train.storage_path, run_id=opts.run_id, resume=opts.resume,
                                     submission_id=job.submission_id if job is not None else None)

@@ -79,6 +79,12 @@ CASES: list[Case] = [
     Case("train-unknown-snapshot", ("train", "--set", "data.lake={tmp}/lake", "--set", "data.snapshot=99"),
          ("Got 99 for data.snapshot", "no such snapshot")),
     Case("tune-missing-lake", ("tune", "--set", "data.lake={tmp}/typo"), ('"{tmp}/typo" for data.lake', "no lake there")),
+    Case("run-skip-ingest-missing-lake",
+         ("run", "--skip-ingest", "--smoke", "--lake", "{tmp}/typo", "--storage", "{tmp}/results", "--registry", "{tmp}/m"),
+         ('"{tmp}/typo" for data.lake', "no lake there")),
+    Case("run-skip-ingest-empty-lake",
+         ("run", "--skip-ingest", "--lake", "{tmp}/lake-empty", "--storage", "{tmp}/results", "--registry", "{tmp}/m"),
+         ("lake-empty", "no committed data")),
 ]
 
 
@@ -154,7 +160,8 @@ def _rayspace(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     ("train", "--set", "data.lake={tmp}/typo"),
     ("tune", "--set", "data.lake={tmp}/typo"),
     ("data", "list", "--lake", "{tmp}/typo"),
-], ids=["evaluate", "train", "tune", "data-list"])
+    ("run", "--skip-ingest", "--lake", "{tmp}/typo", "--storage", "{tmp}/results", "--registry", "{tmp}/m"),
+], ids=["evaluate", "train", "tune", "data-list", "run-skip-ingest"])
 def test_missing_inputs_are_one_line_without_importing_ray(argv, workspace: Path):
     done = _rayspace(*(_fill(a, workspace) for a in argv), cwd=workspace)
     assert done.returncode == 1, done
