@@ -519,8 +519,24 @@ def dockerfile_findings(path: Path | None = None, torch_version: str | None = No
         elif words[0] == "WORKDIR" and not any(words[1] == m or words[1].startswith(m.rstrip("/") + "/") for m in made):
             problems.append(f"WORKDIR {words[1]} is not created by `RUN mkdir -p {words[1]}` as the non-root USER first "
                             "(a classic builder would create it owned by root)")
+    copied = {w.rstrip("/") for line in text.splitlines() if line.split()[:1] == ["COPY"]
+              for w in line.split()[1:-1] if not w.startswith("--")}
+    missing = [p for p in IMAGE_RUNTIME_FILES if p not in copied]
+    if missing:
+        problems.append(f"the image does not COPY {', '.join(missing)}: the entrypoints read them from the working "
+                        "directory at run time (--config jobs/kuberay.yaml, runtime_env.yaml, the notebooks)")
+    ignore = path.with_name(path.name + ".dockerignore")
+    if ignore.is_file():
+        allowed = {ln.strip().lstrip("!").rstrip("/") for ln in ignore.read_text().splitlines() if ln.startswith("!")}
+        if "*" in ignore.read_text().split() and (lost := [p for p in IMAGE_RUNTIME_FILES if p not in allowed]):
+            problems.append(f"{ignore.name} leaves {', '.join(lost)} out of the build context")
     return [failed("image-dockerfile", "cluster/image/Dockerfile", "; ".join(problems))] if problems else [
-        passed("image-dockerfile", "cluster/image/Dockerfile", f"torch pinned to {pinned[0]}; WORKDIR owned by the non-root user")]
+        passed("image-dockerfile", "cluster/image/Dockerfile",
+               f"torch pinned to {pinned[0]}; WORKDIR owned by the non-root user; {', '.join(IMAGE_RUNTIME_FILES)} copied")]
+
+
+#: What the image must carry besides the installed packages: read from the working directory at run time.
+IMAGE_RUNTIME_FILES = ("workloads", "tune", "serve", "cluster", "jobs", "runtime_env.yaml", "notebooks")
 
 
 def validate_objects(objects: list[dict[str, Any]], *, crds: Path | None = None,

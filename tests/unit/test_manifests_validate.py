@@ -239,3 +239,20 @@ def test_the_packaged_crds_are_the_kuberay_release_and_are_used_by_default(repo_
     if shared.is_dir():  # the copies are byte-identical to the release files the project keeps beside it
         for name in packaged:
             assert (validate.PACKAGED_CRDS / name).read_bytes() == (shared / name).read_bytes(), name
+
+
+def test_the_image_carries_the_files_the_entrypoints_read_at_run_time(tmp_path):
+    from cluster._internal.validate import CLUSTER_DIR, dockerfile_findings
+
+    current = (CLUSTER_DIR / "image" / "Dockerfile").read_text(encoding="utf-8")
+    ignore = (CLUSTER_DIR / "image" / "Dockerfile.dockerignore").read_text(encoding="utf-8")
+    # The previous image copied only the packages: `--config jobs/kuberay.yaml` failed inside it.
+    old = "\n".join(ln for ln in current.splitlines()
+                    if not any(ln.startswith(f"COPY --chown=1000:100 {p}") for p in ("jobs", "runtime_env", "notebooks")))
+    (tmp_path / "Dockerfile").write_text(old, encoding="utf-8")
+    (tmp_path / "Dockerfile.dockerignore").write_text(ignore, encoding="utf-8")
+    finding = dockerfile_findings(tmp_path / "Dockerfile", torch_version="2.13.0")[0]
+    assert not finding.ok and "does not COPY jobs, runtime_env.yaml, notebooks" in finding.message
+    (tmp_path / "Dockerfile").write_text(current, encoding="utf-8")
+    (tmp_path / "Dockerfile.dockerignore").write_text(ignore.replace("!jobs/\n", ""), encoding="utf-8")
+    assert "leaves jobs out of the build context" in dockerfile_findings(tmp_path / "Dockerfile", torch_version="2.13.0")[0].message
