@@ -220,7 +220,12 @@ def _row(result: Any, metric: str, mode: str, default_epochs: int, storage: str)
                 best_ckpt = scored.loc[idx, CHECKPOINT_PATH_KEY]
                 # TuneReportCallback reports the path on the storage's filesystem, without the scheme.
                 best_ckpt = storage_location.from_fs_path(storage, best_ckpt) if isinstance(best_ckpt, str) else None
-        epochs_run = int(df["training_iteration"].max()) if "training_iteration" in df.columns else len(df)
+        if "epoch" in df.columns and df["epoch"].notna().any():
+            # The epoch the trainer reached: a trial restored after an interruption restarts Tune's
+            # training_iteration at 1 while its trainer continues from its checkpoint's epoch.
+            epochs_run = int(df["epoch"].max())
+        else:
+            epochs_run = int(df["training_iteration"].max()) if "training_iteration" in df.columns else len(df)
     status = "ERROR" if result.error is not None else "TERMINATED"
     trial_id = str((result.metrics or {}).get("trial_id") or (os.path.basename(str(result.path)) if result.path else "?"))
     return TrialRow(
