@@ -299,8 +299,6 @@ def _serve_stages(cfg, opts, processed, result, report, summary, done, say, stat
                 candidate_report = evaluate(cfg, candidate)
                 trial_config = best.config
                 card_extra = {"tune_trial": best.trial_id, "sweep": sweep.path}
-            else:
-                say(f"[tune] the baseline run's {cfg.tune.metric}={candidate_val:.4f} beats the sweep; promoting it")
             done(
                 "tune",
                 f"{len(sweep.trials)} trials ({summary['sweep']['stopped_early']} stopped early, {len(sweep.failed)} failed"
@@ -310,6 +308,8 @@ def _serve_stages(cfg, opts, processed, result, report, summary, done, say, stat
                 {"best_trial": best.trial_id, "sweep": summary["sweep"], "candidate": candidate,
                  "candidate_report": candidate_report, "trial_config": trial_config, "card_extra": card_extra},
             )
+            if not better:
+                say(f"[tune] the baseline run's {cfg.tune.metric}={candidate_val:.4f} beats the sweep; promoting it")
         summary["selected_checkpoint"] = candidate
         summary["test_accuracy"] = candidate_report["test_accuracy"]
         summary["test_roc_auc"] = candidate_report["test_roc_auc"]
