@@ -162,7 +162,7 @@ def reusable(
         try:
             if not exists(path):
                 return False, f"its output {path} is gone"
-        except Exception as e:  # an unreadable output is as good as a missing one: redo the stage
+        except OSError as e:  # StorageError included: an unreadable output is as good as a missing one
             return False, f"its output {path} cannot be checked ({e})"
     return True, ""
 
