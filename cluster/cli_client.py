@@ -15,8 +15,10 @@ import argparse
 import logging
 import os
 import shlex
+import shutil
 import socket
 import subprocess
+import sys
 import time
 from typing import Any
 
@@ -37,7 +39,7 @@ from cluster.client.rayservice import ensure_token_secret
 from cluster.client.rayjob import TERMINAL_JOB_STATUSES
 from workloads.cli import config_from_args, confirm, emit, print_table, progress
 from workloads.config import WorkspaceConfig
-from workloads.exceptions import DashboardError, ForbiddenError, NotFoundError
+from workloads.exceptions import ClusterConfigError, DashboardError, ForbiddenError, NotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -277,6 +279,8 @@ def _token(args: argparse.Namespace) -> int:
 
 def _connect_cmd(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    if args.run:
+        _require_kubectl("cluster connect --run", "drop --run and run the printed kubectl command where kubectl is")
     with _connect(args, cfg) as api:
         cluster = RayCluster.get(api, _cluster_ref(api, cfg))
         endpoints = cluster.endpoints()
@@ -299,7 +303,7 @@ def _connect_cmd(args: argparse.Namespace) -> int:
     try:
         proc = subprocess.Popen(plan.command)  # noqa: S603 - argv built from validated names, no shell
     except OSError as e:
-        print(f"error: cannot run kubectl: {e}", flush=True)
+        print(f"error: cannot run {plan.command[0]}: {e.strerror or e}", file=sys.stderr, flush=True)
         return 127
     try:
         return proc.wait()
@@ -352,6 +356,15 @@ def _kubectl_flags(args: argparse.Namespace, cfg: WorkspaceConfig) -> list[str]:
     return flags + (["--context", cfg.cluster.context] if cfg.cluster.context else [])
 
 
+def _require_kubectl(what: str, instead: str) -> str:
+    """The kubectl executable, or one clear error before anything else is done (the API is not contacted)."""
+    path = shutil.which("kubectl")
+    if path is None:
+        raise ClusterConfigError(f"{what} needs kubectl, which is not on PATH: install it "
+                                 f"(https://kubernetes.io/docs/tasks/tools/) or {instead}")
+    return path
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -373,6 +386,9 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
 
 def _job_logs(args: argparse.Namespace) -> int:
     cfg = _config(args)
+    if args.port_forward:
+        _require_kubectl("job logs --port-forward", "drop --port-forward and pass --dashboard-url (e.g. the one "
+                                                    "`rayspace cluster connect` forwards)")
     with _connect(args, cfg) as api:
         job = RayJob.get(api, args.job)
         if not job.job_id:
@@ -395,7 +411,10 @@ def _job_logs(args: argparse.Namespace) -> int:
             port = _free_port()
             cmd = ["kubectl", *_kubectl_flags(args, cfg), "port-forward",
                    "--namespace", api.namespace, f"svc/{cluster.head_service}", f"{port}:8265"]
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603
+            try:
+                proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # noqa: S603
+            except OSError as e:
+                raise ClusterConfigError(f"cannot run kubectl for --port-forward: {e.strerror or e}") from e
             url = f"http://127.0.0.1:{port}"
     try:
         if proc is not None:

@@ -88,6 +88,21 @@ def _json_arg(value: str | None, flag: str) -> dict[str, Any] | None:
     return obj
 
 
+def _require_registry(path: str) -> None:
+    """A registry root that is not there is an error (a typo), not an empty listing."""
+    from workloads import storage
+    from workloads.exceptions import StorageError
+
+    try:
+        there = storage.exists(path)
+    except StorageError as e:
+        raise RegistryError(f'Got "{path}" for registry.path: {e}') from e
+    if not there:
+        raise RegistryError(f'Got "{path}" for registry.path: there is no registry there (no such directory); '
+                            "check the path (--registry), or create it with `rayspace promote CHECKPOINT --registry "
+                            f'{path}`')
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from serve import runner
     from workloads.cli import emit, progress
@@ -112,6 +127,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
     cfg = _config(args)
     metrics = _json_arg(args.metrics, "--metrics")
     trial_config = _json_arg(args.trial_config, "--trial-config")
+    from workloads._cli import check_inputs
+
+    check_inputs(cfg, checkpoint=args.checkpoint, lake=metrics is None)  # before Ray starts: one line
     compare = None
     if metrics is None:
         progress(args, f"evaluating {args.checkpoint} on the test split of {cfg.data.lake} ...")
@@ -139,6 +157,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from workloads.registry import ModelRegistry
 
     cfg = _config(args)
+    _require_registry(cfg.registry.path)
     reg = ModelRegistry(cfg.registry.path)
     name = cfg.registry.model_name
     if args.set_current:

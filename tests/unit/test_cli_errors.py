@@ -51,9 +51,17 @@ CASES: list[Case] = [
          ("_current.json", "not a valid lake pointer")),
     Case("list-corrupt-legacy-manifest", ("data", "list", "--lake", "{tmp}/lake-bad-manifest"),
          ("_manifest.json", "not a valid partition manifest")),
+    # 4. and 8. kubectl missing: one line on stderr, before the cluster is contacted
+    Case("job-logs-port-forward-without-kubectl", ("job", "logs", "some-job", "--port-forward"),
+         ("job logs --port-forward needs kubectl", "not on PATH", "--dashboard-url"), {"PATH": "{tmp}/nobin"}),
+    Case("connect-run-without-kubectl", ("cluster", "connect", "--run"),
+         ("cluster connect --run needs kubectl", "not on PATH", "drop --run"), {"PATH": "{tmp}/nobin"}),
     # 5. a lake or registry that is not there is not "(none)"
     Case("list-lake-typo", ("data", "list", "--lake", "{tmp}/typo"),
          ('"{tmp}/typo" for data.lake', "no lake there", "rayspace data ingest")),
+    Case("gc-lake-typo", ("data", "gc", "--lake", "{tmp}/typo"), ('No lake at "{tmp}/typo"',)),
+    Case("models-registry-typo", ("models", "--registry", "{tmp}/typo"),
+         ('"{tmp}/typo" for registry.path', "no registry there")),
     # 6. a text setting keeps its text; a number setting still says the rule
     Case("set-number-not-a-number", ("config", "validate", "--set", "train.lr=abc"),
          ('"abc" for train.lr', "must be a valid number")),
@@ -79,6 +87,13 @@ CASES: list[Case] = [
     Case("train-unknown-snapshot", ("train", "--set", "data.lake={tmp}/lake", "--set", "data.snapshot=99"),
          ("Got 99 for data.snapshot", "no such snapshot")),
     Case("tune-missing-lake", ("tune", "--set", "data.lake={tmp}/typo"), ('"{tmp}/typo" for data.lake', "no lake there")),
+    Case("promote-missing-checkpoint", ("promote", "{tmp}/nope", "--set", "data.lake={tmp}/lake", "--registry", "{tmp}/m"),
+         ('"{tmp}/nope" for CHECKPOINT', "no such directory")),
+    Case("promote-missing-lake", ("promote", "{tmp}/ckpt", "--set", "data.lake={tmp}/typo", "--registry", "{tmp}/m"),
+         ('"{tmp}/typo" for data.lake', "no lake there")),
+    Case("promote-with-metrics-missing-checkpoint",
+         ("promote", "{tmp}/nope", "--metrics", '{"test_roc_auc": 0.9}', "--registry", "{tmp}/m"),
+         ('"{tmp}/nope" for CHECKPOINT',)),
     Case("run-skip-ingest-missing-lake",
          ("run", "--skip-ingest", "--smoke", "--lake", "{tmp}/typo", "--storage", "{tmp}/results", "--registry", "{tmp}/m"),
          ('"{tmp}/typo" for data.lake', "no lake there")),
@@ -101,6 +116,7 @@ def workspace(tmp_path: Path) -> Path:
     _csv(tmp_path / "tab.csv", "\t")
     (tmp_path / "afile").write_text("a regular file\n")
     (tmp_path / "afolder").mkdir()
+    (tmp_path / "nobin").mkdir()  # a PATH without kubectl
     good = _csv(tmp_path / "good.csv", rows=20)
     lake.ingest(str(tmp_path / "lake"), str(good))
     lake.ingest(str(tmp_path / "lake-bad-pointer"), str(good))
@@ -132,7 +148,7 @@ def test_bad_input_gets_one_clear_line(case: Case, workspace: Path, monkeypatch,
     monkeypatch.chdir(workspace)
     monkeypatch.delenv("RAYSPACE_CONFIG", raising=False)
     for key, value in case.env.items():
-        monkeypatch.setenv(key, value)
+        monkeypatch.setenv(key, _fill(value, workspace))
     code = main([_fill(a, workspace) for a in case.argv])
     out, err = capsys.readouterr()
     lines = [line for line in err.splitlines() if line.strip()]
@@ -161,7 +177,9 @@ def _rayspace(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     ("tune", "--set", "data.lake={tmp}/typo"),
     ("data", "list", "--lake", "{tmp}/typo"),
     ("run", "--skip-ingest", "--lake", "{tmp}/typo", "--storage", "{tmp}/results", "--registry", "{tmp}/m"),
-], ids=["evaluate", "train", "tune", "data-list", "run-skip-ingest"])
+    ("promote", "{tmp}/nope", "--set", "data.lake={tmp}/lake", "--registry", "{tmp}/m"),
+    ("models", "--registry", "{tmp}/typo"),
+], ids=["evaluate", "train", "tune", "data-list", "run-skip-ingest", "promote", "models"])
 def test_missing_inputs_are_one_line_without_importing_ray(argv, workspace: Path):
     done = _rayspace(*(_fill(a, workspace) for a in argv), cwd=workspace)
     assert done.returncode == 1, done
