@@ -393,6 +393,31 @@ def _write_haproxy_launcher(run_dir: str) -> str | None:
     return str(path)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on (``serve.port`` on ``serve.host``).
+
+    Raises:
+        ServeError: The port is taken, naming it and how to choose another.
+    """
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        # As the real server does: a port left in TIME_WAIT by a stopped run is free, a listener is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            s.listen(1)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ServeError(
+                    f"Got {port} for serve.port: port {port} on {host} is already in use by another process; stop it, "
+                    "or pick a free port with --port (or --set serve.port=...)"
+                ) from None
+            raise ServeError(f"Got {host!r} for serve.host: cannot listen there ({e.strerror})") from None
+
+
 def endpoint_url(host: str, port: int, route_prefix: str = "/") -> str:
     """The base URL clients use (``0.0.0.0`` binds everywhere but is reached on loopback)."""
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
@@ -572,6 +597,13 @@ def start(
     if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
         # Serve reads its ingress flags at import time in Ray's own processes: set them before Ray starts.
         prepare_local_ray(cfg.serve.ingress)  # outside _lock: it takes it
+        # Once leftovers of killed runs are swept, before Ray starts: a taken port is said at once,
+        # and a foreign server answering /healthz there is never mistaken for this app.
+        try:
+            check_port_free(cfg.serve.host, cfg.serve.port)
+        except ServeError:
+            remove_run_dir()
+            raise
     with _lock:
         if not ray.is_initialized() and os.environ.get("RAY_ADDRESS"):
             from workloads.runtime import ensure_ray
