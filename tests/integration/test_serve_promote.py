@@ -64,6 +64,6 @@ def test_promote_errors_are_one_line(ray_local, tmp_path, capsys):
     code = main(["promote", str(tmp_path / "missing"), "--metrics", '{"test_roc_auc": 0.9}',
                  "--registry", str(tmp_path / "models")])
     err = capsys.readouterr().err
-    assert code != 0 and "error: " in err and "not a directory" in err
+    assert code != 0 and err.startswith("error: ") and "for CHECKPOINT: no such directory" in err
     code = main(["promote", str(tmp_path), "--metrics", "{oops", "--registry", str(tmp_path / "models")])
     assert code != 0 and "not valid JSON" in capsys.readouterr().err
