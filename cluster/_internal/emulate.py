@@ -252,27 +252,20 @@ def _volumes(template: dict[str, Any], container: dict[str, Any], data_dir: Path
             size = (vol["emptyDir"] or {}).get("sizeLimit")
             empty_dirs.append({"target": target, "size_bytes": _quantity_int(size) if size else None})
         elif "persistentVolumeClaim" in vol:
-            claim = vol["persistentVolumeClaim"].get("claimName", "pvc")
-            source = data_dir if claim else data_dir
-            shared.append({"source": str(source), "target": target, "claim": claim})
+            # Every claim is the one shared host directory (the workspace has one PVC, rayspace-data).
+            shared.append({"source": str(data_dir), "target": target,
+                           "claim": vol["persistentVolumeClaim"].get("claimName", "")})
     return empty_dirs, shared
 
 
-def _pod_labels(template: dict[str, Any], cluster_name: str, node_type: str, group: str) -> dict[str, str]:
-    labels = dict(((template.get("metadata") or {}).get("labels")) or {})
-    kuberay = {
-        "ray.io/is-ray-node": "yes",
-        "ray.io/cluster": cluster_name,
-        "ray.io/node-type": node_type,
-        "ray.io/group": group,
-        "ray.io/identifier": f"{cluster_name}-{node_type}",
-        "app.kubernetes.io/created-by": "kuberay-operator",
-        "app.kubernetes.io/name": "kuberay",
-    }
-    for key, value in kuberay.items():
-        # KubeRay always sets its ray.io labels; the app.kubernetes.io ones only where the template has none.
-        if key.startswith("ray.io/") or key not in labels:
-            labels[key] = value
+def _pod_labels(template: dict[str, Any], cluster_name: str, node_type: str, group: dict[str, Any]) -> dict[str, str]:
+    """The labels KubeRay gives the pod (:func:`cluster._internal.objects.pod_labels`), plus its identifier label."""
+    from cluster._internal.objects import PodTemplate, pod_labels
+
+    role = "ray-head" if node_type == "head" else "ray-worker"
+    labels = pod_labels(PodTemplate(owner=f"RayCluster/{cluster_name}", path="", role=role, template=template,
+                                    group=group))
+    labels["ray.io/identifier"] = f"{cluster_name}-{node_type}"
     return labels
 
 
@@ -357,7 +350,7 @@ def plan(
 
 def _pod(cluster: EmulatedCluster, name: str, node_type: str, group_name: str, group: dict, template: dict,
          container: dict, ip: str, head_address: str, autoscaling: bool, data_dir: Path, index: int) -> PodSpec:
-    labels = _pod_labels(template, cluster.cluster_name, node_type, group_name)
+    labels = _pod_labels(template, cluster.cluster_name, node_type, group)
     command = ray_start_command(node_type, group.get("rayStartParams") or {}, container,
                                 head_address=head_address, autoscaling=autoscaling)
     env = _container_env(container, name, cluster.namespace, labels, ip)
