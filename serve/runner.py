@@ -663,10 +663,9 @@ def shutdown(*, stop_ray: bool | None = None) -> None:
         stop = _state["started_ray"] if stop_ray is None else stop_ray
         with _signal_handlers_kept():
             if ray.is_initialized():
-                # The app first: its replicas drain in-flight requests. When Ray stops too, its stop ends
-                # the controller, proxies and HAProxy (tied to its worker); serve.shutdown() would add
-                # nothing but Ray's "Task ServeController.graceful_shutdown failed ... killed by ray.kill" line.
-                with contextlib.suppress(Exception):
+                if stop:
+                    serve.shutdown()
+                else:
                     serve.delete(APP_NAME)
             if stop:
                 ray.shutdown()  # also stops a Ray whose start was interrupted half way
