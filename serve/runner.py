@@ -236,6 +236,26 @@ def processes_of_run(run_dir: str | os.PathLike[str]) -> list[int]:
     return sorted(found)
 
 
+def _processes_naming(path: str | None) -> list[int]:
+    """This user's live processes (not this one) with ``path`` inside an argument of their command line."""
+    if not path:
+        return []
+    needle, uid, me, found = os.fsencode(path), os.getuid(), os.getpid(), []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == me:
+                continue
+            try:
+                if os.stat(f"/proc/{entry}").st_uid != uid:
+                    continue
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if needle in f.read() and _start_time(int(entry)) is not None:
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
 def _kill_all(pids: Sequence[int], timeout_s: float = 10.0) -> None:
     """SIGKILL ``pids`` and wait until they are gone (a leftover holds ports until it is)."""
     for pid in pids:
@@ -725,16 +745,28 @@ def _force_stop(signum: int, say: Callable[[str], None] | None) -> None:
         say(message)
     else:
         logger.warning("%s", message)
+    session = None
     with contextlib.suppress(Exception):
         from ray._private import worker
 
         node = worker._global_node  # the local Ray this process started, if any
         if node is not None:
+            session = node.get_session_dir_path()
             node.kill_all_processes(check_alive=False, allow_graceful=False)
     run_dir = _state["run_dir"]
-    if run_dir:
-        _kill_all(processes_of_run(run_dir), timeout_s=5.0)
-        shutil.rmtree(run_dir, ignore_errors=True)
+    if run_dir or session:
+        # Scan again after each kill: a daemon of the run can still be spawning a child (Ray's agents)
+        # while its parent dies, and that child must not outlive the run either. Ray's agents are also
+        # found by the session dir on their command lines.
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            pids = sorted(set(processes_of_run(run_dir) if run_dir else []) | set(_processes_naming(session)))
+            if not pids:
+                break
+            _kill_all(pids, timeout_s=2.0)
+            time.sleep(0.2)
+        if run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
     with contextlib.suppress(Exception):
         sys.stdout.flush()
         sys.stderr.flush()
