@@ -201,18 +201,13 @@ def _owner_alive(run_dir: Path) -> bool:
     return now is not None and (now == started or "?" in (now, started))
 
 
-def processes_of_run(run_dir: str | os.PathLike[str]) -> list[int]:
-    """This user's live processes that belong to the run with temp dir ``run_dir``.
+def _own_processes(matches: Callable[[int, bytes], bool]) -> list[int]:
+    """This user's live processes (never the calling one) whose pid and raw ``cmdline`` satisfy ``matches``.
 
-    A process belongs to it if it inherited ``RAYSPACE_RUN_DIR=<run_dir>`` (Ray's
-    daemons and workers, whatever title they gave themselves) or names a path under
-    ``run_dir`` on its command line (``haproxy -f <run_dir>/<node>/haproxy.cfg``).
-    The calling process is never included. Empty where there is no ``/proc``.
+    ``matches`` may read more of ``/proc/<pid>`` itself (an ``OSError`` skips the process).
+    Empty where there is no ``/proc``.
     """
-    path = os.fsencode(os.path.abspath(run_dir))
-    marker = os.fsencode(RUN_DIR_ENV) + b"=" + path
-    uid, me = os.getuid(), os.getpid()
-    found = []
+    uid, me, found = os.getuid(), os.getpid(), []
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -224,11 +219,9 @@ def processes_of_run(run_dir: str | os.PathLike[str]) -> list[int]:
             if os.stat(f"/proc/{entry}").st_uid != uid:
                 continue
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-            if not any(a == path or a.startswith(path + b"/") for a in args):
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if marker not in f.read().split(b"\0"):
-                        continue
+                cmdline = f.read()
+            if not matches(int(entry), cmdline):
+                continue
         except OSError:
             continue
         if _start_time(int(entry)) is not None:
@@ -236,24 +229,32 @@ def processes_of_run(run_dir: str | os.PathLike[str]) -> list[int]:
     return sorted(found)
 
 
+def processes_of_run(run_dir: str | os.PathLike[str]) -> list[int]:
+    """This user's live processes that belong to the run with temp dir ``run_dir``.
+
+    A process belongs to it if it inherited ``RAYSPACE_RUN_DIR=<run_dir>`` (Ray's
+    daemons and workers, whatever title they gave themselves) or names a path under
+    ``run_dir`` on its command line (``haproxy -f <run_dir>/<node>/haproxy.cfg``).
+    The calling process is never included. Empty where there is no ``/proc``.
+    """
+    path = os.fsencode(os.path.abspath(run_dir))
+    marker = os.fsencode(RUN_DIR_ENV) + b"=" + path
+
+    def matches(pid: int, cmdline: bytes) -> bool:
+        if any(a == path or a.startswith(path + b"/") for a in cmdline.split(b"\0")):
+            return True
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker in f.read().split(b"\0")
+
+    return _own_processes(matches)
+
+
 def _processes_naming(path: str | None) -> list[int]:
     """This user's live processes (not this one) with ``path`` inside an argument of their command line."""
     if not path:
         return []
-    needle, uid, me, found = os.fsencode(path), os.getuid(), os.getpid(), []
-    with contextlib.suppress(OSError):
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == me:
-                continue
-            try:
-                if os.stat(f"/proc/{entry}").st_uid != uid:
-                    continue
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if needle in f.read() and _start_time(int(entry)) is not None:
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
+    needle = os.fsencode(path)
+    return _own_processes(lambda _pid, cmdline: needle in cmdline)
 
 
 def _kill_all(pids: Sequence[int], timeout_s: float = 10.0) -> None:
